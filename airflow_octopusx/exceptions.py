@@ -1,0 +1,124 @@
+"""Errors raised by the OctopusX provider.
+
+One flat hierarchy, named after what happened, so callers can catch exactly what they can handle.
+Messages carry the API's own ``code`` and ``message`` and the video id where known, and never a secret.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+class OctopusXError(Exception):
+    """Base class of every error this provider raises."""
+
+
+class InvalidVideoRequest(OctopusXError, ValueError):
+    """A request argument was refused before anything was sent."""
+
+    def __init__(self, field: str, problem: str, value: object = None) -> None:
+        self.field = field
+        self.problem = problem
+        shown = "" if value is None else f" (got {_short_repr(value)})"
+        super().__init__(f"{field}: {problem}{shown}")
+
+
+class APIError(OctopusXError):
+    """The API answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str | None = None,
+        request_id: str | None = None,
+        video_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+        self.video_id = video_id
+        self.retry_after = retry_after
+        details = [f"HTTP {status_code}"]
+        if code:
+            details.append(f"code={code}")
+        if video_id:
+            details.append(f"video_id={video_id}")
+        if request_id:
+            details.append(f"request_id={request_id}")
+        super().__init__(f"{message} ({', '.join(details)})")
+
+
+class AuthenticationError(APIError):
+    """401/403: the API key is missing, wrong or lacks access."""
+
+
+class BadRequestError(APIError):
+    """400/422: the API refused the request; sending it again will not help."""
+
+
+class NotFoundError(APIError):
+    """404: no such video (wrong id, or another account's)."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests or not enough quota right now."""
+
+
+class ServerError(APIError):
+    """5xx: the API failed on its side."""
+
+
+class TransportError(OctopusXError):
+    """The request did not get a complete HTTP answer (connect error, timeout, reset)."""
+
+    def __init__(self, message: str, *, request_sent: bool) -> None:
+        # False only when the connection was never made, so the server provably saw nothing.
+        self.request_sent = request_sent
+        super().__init__(message)
+
+
+class AmbiguousSubmissionError(TransportError):
+    """A submission may or may not have reached the API: a video may exist and be billed."""
+
+
+class VideoFailedError(OctopusXError):
+    """The API finished the video with status ``failed`` or ``cancelled``."""
+
+    def __init__(self, video_id: str, message: str, code: str | None = None) -> None:
+        self.video_id = video_id
+        self.code = code
+        self.message = message
+        suffix = f" (code={code})" if code else ""
+        super().__init__(f"Video {video_id} failed: {message}{suffix}")
+
+
+class VideoTimeoutError(OctopusXError):
+    """The wait ran past its deadline; the video itself may still finish."""
+
+    def __init__(self, video_id: str, deadline: float, progress: float | None = None) -> None:
+        self.video_id = video_id
+        self.deadline = deadline
+        by = datetime.fromtimestamp(deadline, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        at = "" if progress is None else f" (last progress {progress:g}%)"
+        super().__init__(
+            f"Video {video_id} did not finish by the deadline {by}{at}. It may still complete: wait for it "
+            f"with VideoTaskSensor(video_id={video_id!r}) or fetch it with "
+            f"DownloadVideoOperator(video_id={video_id!r}) rather than submitting it again."
+        )
+
+
+class VideoDownloadError(OctopusXError):
+    """The MP4 could not be fetched whole, or what arrived is not an MP4."""
+
+    def __init__(self, video_id: str, problem: str) -> None:
+        self.video_id = video_id
+        super().__init__(f"Download of video {video_id} failed: {problem}")
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."

@@ -1,0 +1,56 @@
+"""Provider metadata read by Airflow's providers manager (entry point ``apache_airflow_provider``).
+
+The connection form is declared here (``conn-fields`` / ``ui-field-behaviour``) rather than in hook
+methods, so the UI can draw it without importing the hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_octopusx import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-octopusx",
+        "name": "OctopusX",
+        "description": "Generate videos with the OctopusX API (omni-fast) from Airflow DAGs.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "OctopusX",
+                "external-doc-url": "https://octopusx.ai",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.hooks.octopusx"]}],
+        "operators": [
+            {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.operators.octopusx"]}
+        ],
+        "sensors": [
+            {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.sensors.octopusx"]}
+        ],
+        "triggers": [
+            {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.triggers.octopusx"]}
+        ],
+        "connection-types": [
+            {
+                "connection-type": "octopusx",
+                "hook-class-name": "airflow_octopusx.hooks.octopusx.OctopusXHook",
+                "hook-name": "OctopusX",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["login", "schema", "port"],
+                    "relabeling": {"host": "Base URL", "password": "API key"},
+                    "placeholders": {"host": "https://octopusx.ai", "password": "sk-..."},
+                },
+                "conn-fields": {
+                    "allow_insecure_http": {
+                        "label": "Allow plain http:// to a non-loopback host",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                        "description": "Only on a trusted private network: the key travels unencrypted.",
+                    }
+                },
+            }
+        ],
+    }

@@ -1,0 +1,375 @@
+"""``OctopusXHook``: the only place that speaks HTTP to OctopusX."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import IO, Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from tenacity import AsyncRetrying, Retrying
+
+from airflow_octopusx import __version__
+from airflow_octopusx.exceptions import (
+    AmbiguousSubmissionError,
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    OctopusXError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    VideoDownloadError,
+    VideoTimeoutError,
+)
+from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
+from airflow_octopusx.models import VideoRequest, VideoTask
+
+DEFAULT_BASE_URL = "https://octopusx.ai"
+DOWNLOAD_CHUNK_SIZE = 1024 * 1024
+# A CDN answers these when a signed link has expired or was revoked; the API's /content proxy still works.
+_EXPIRED_LINK_STATUSES = frozenset({401, 403, 404, 410})
+_ERROR_CLASSES: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """Where the API is and the key for it; the key is kept out of ``repr`` so it cannot leak into logs."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+
+    @classmethod
+    def from_connection(cls, conn: Any) -> ApiEndpoint:
+        if not conn.password:
+            raise AuthenticationError(
+                f"Connection {conn.conn_id!r} has no API key: put it in the connection's password field",
+                status_code=401,
+            )
+        mask_secret(conn.password)
+        host = (conn.host or DEFAULT_BASE_URL).strip().rstrip("/")
+        if "://" not in host:
+            host = f"https://{host}"
+        parts = urlsplit(host)
+        if conn.port and parts.port is None:
+            host = f"{parts.scheme}://{parts.hostname}:{conn.port}{parts.path}"
+        allow_http = bool(conn.extra_dejson.get("allow_insecure_http", False))
+        if parts.scheme != "https" and not (
+            parts.scheme == "http" and (allow_http or _is_loopback(parts.hostname))
+        ):
+            raise OctopusXError(
+                f"Connection {conn.conn_id!r}: base URL {host!r} must use https:// (http:// is allowed only "
+                "for loopback hosts, or with extra {'allow_insecure_http': true})"
+            )
+        return cls(base_url=host, api_key=conn.password)
+
+    def is_api_origin(self, url: httpx.URL) -> bool:
+        own = httpx.URL(self.base_url)
+        return (url.scheme, url.host, url.port) == (own.scheme, own.host, own.port)
+
+
+class _ApiOnlyBearerAuth(httpx.Auth):
+    """Adds the key only to requests for the API's own origin, never to a CDN link or a redirect target."""
+
+    def __init__(self, endpoint: ApiEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if self._endpoint.is_api_origin(request.url):
+            request.headers["Authorization"] = f"Bearer {self._endpoint.api_key}"
+        yield request
+
+
+class OctopusXHook(BaseHook):
+    """Talks to the OctopusX video API with sync (worker) and async (triggerer) httpx clients.
+
+    :param octopusx_conn_id: an ``octopusx`` connection: host is the base URL (default
+        ``https://octopusx.ai``), password is the API key.
+    :param timeout: seconds allowed for each HTTP read, write and connect.
+    :param retry_policy: when and how to retry; see :class:`RetryPolicy`.
+    """
+
+    conn_name_attr = "octopusx_conn_id"
+    default_conn_name = "octopusx_default"
+    conn_type = "octopusx"
+    hook_name = "OctopusX"
+
+    def __init__(
+        self,
+        octopusx_conn_id: str = default_conn_name,
+        *,
+        timeout: float = 30.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.octopusx_conn_id = octopusx_conn_id
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._endpoint: ApiEndpoint | None = None
+        self._client: httpx.Client | None = None
+        self._async_client: httpx.AsyncClient | None = None
+
+    # -- connection and clients -------------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> ApiEndpoint:
+        if self._endpoint is None:
+            self._endpoint = ApiEndpoint.from_connection(self.get_connection(self.octopusx_conn_id))
+        return self._endpoint
+
+    def _client_options(self, endpoint: ApiEndpoint) -> dict[str, Any]:
+        return {
+            "base_url": endpoint.base_url,
+            "auth": _ApiOnlyBearerAuth(endpoint),
+            "timeout": httpx.Timeout(self.timeout),
+            "headers": {"User-Agent": f"airflow-provider-octopusx/{__version__}"},
+            "follow_redirects": True,
+        }
+
+    @property
+    def client(self) -> httpx.Client:
+        """The worker-side client, kept for the hook's life so polls reuse one connection."""
+        if self._client is None:
+            self._client = httpx.Client(**self._client_options(self.endpoint))
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> OctopusXHook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> OctopusXHook:
+        """Open the async client; the connection is resolved with Airflow's async API, never blocking."""
+        if self._endpoint is None:
+            self._endpoint = ApiEndpoint.from_connection(await self.aget_connection(self.octopusx_conn_id))
+        self._async_client = httpx.AsyncClient(**self._client_options(self._endpoint))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._async_client is not None:
+            await self._async_client.aclose()
+            self._async_client = None
+
+    # -- API calls ----------------------------------------------------------------------------------
+
+    def submit_video(self, request: VideoRequest) -> VideoTask:
+        """Create a video. Retried only where the API provably did no work, so no video is paid twice."""
+        what = "POST /v1/videos"
+        for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=False, what=what)):
+            with attempt:
+                try:
+                    response = self.client.post("/v1/videos", json=request.to_json())
+                except httpx.TransportError as error:
+                    raise _submission_transport_error(error) from error
+                return VideoTask.from_api(_checked(response).json())
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def get_video(self, video_id: str) -> VideoTask:
+        """The video's current state; retried on transport errors, 429 and 5xx."""
+        path = _video_path(video_id)
+        for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}")):
+            with attempt:
+                try:
+                    response = self.client.get(path)
+                except httpx.TransportError as error:
+                    raise _transport_error(error, f"GET {path}") from error
+                return VideoTask.from_api(_checked(response, video_id).json())
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def aget_video(self, video_id: str) -> VideoTask:
+        """Async ``get_video``, for the triggerer; call inside ``async with hook:``."""
+        if self._async_client is None:
+            raise RuntimeError("aget_video needs the async client: use it inside `async with hook:`")
+        path = _video_path(video_id)
+        retrying = AsyncRetrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}"))
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    response = await self._async_client.get(path)
+                except httpx.TransportError as error:
+                    raise _transport_error(error, f"GET {path}") from error
+                return VideoTask.from_api(_checked(response, video_id).json())
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def wait_for_video(self, video_id: str, *, poll_interval: float, deadline: float) -> VideoTask:
+        """Poll from the worker until completed; raise if it failed or the ``deadline`` (epoch) passed."""
+        last_progress: float | None = None
+        while True:
+            video = self.get_video(video_id)
+            if video.progress != last_progress:
+                self.log.info("Video %s: %s, %g%%", video_id, video.status, video.progress)
+                last_progress = video.progress
+            video.raise_if_failed()
+            if video.is_completed:
+                return video
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise VideoTimeoutError(video_id, deadline, video.progress)
+            time.sleep(min(poll_interval, remaining))
+
+    def download_video(self, video_id: str, file: IO[bytes], *, chunk_size: int = DOWNLOAD_CHUNK_SIZE) -> int:
+        """Stream the finished MP4 into ``file`` and return the byte count.
+
+        The video is looked up afresh for a new signed ``video_url``; when it is empty or the CDN refuses
+        it, the authenticated ``/v1/videos/{id}/content`` proxy is used. Nothing is buffered whole.
+        """
+        video = self.get_video(video_id)
+        video.raise_if_failed()
+        if not video.is_completed:
+            raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
+        sources = [_checked_video_url(video_id, video.video_url)] if video.video_url else []
+        sources.append(f"{_video_path(video_id)}/content")
+        for source in sources:
+            with contextlib.closing(self._open_download(video_id, source)) as response:
+                if response.status_code in _EXPIRED_LINK_STATUSES and source is not sources[-1]:
+                    self.log.info(
+                        "Signed link for video %s was refused (HTTP %d); using the API's /content download",
+                        video_id,
+                        response.status_code,
+                    )
+                    continue
+                _checked(response, video_id, stream=True)
+                return _copy_mp4(video_id, response, file, chunk_size)
+        raise AssertionError("unreachable: the last source either returns or raises")
+
+    def _open_download(self, video_id: str, url: str) -> httpx.Response:
+        """Open a streamed GET, retrying until headers arrive; the body is read by the caller."""
+        what = f"download of video {video_id}"
+        for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=what)):
+            with attempt:
+                try:
+                    response = self.client.send(self.client.build_request("GET", url), stream=True)
+                except httpx.TransportError as error:
+                    raise _transport_error(error, what) from error
+                if response.status_code == 429 or response.status_code >= 500:
+                    response.close()
+                    _checked(response, video_id, stream=True)
+                return response
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check URL and key by asking for a video id that cannot exist: a 404 proves both, for free."""
+        try:
+            response = self.client.get(_video_path("octopusx-connection-test"))
+            if response.status_code == 404:
+                return True, f"Connected to {self.endpoint.base_url}; the API key was accepted."
+            _checked(response)
+            return True, f"Connected to {self.endpoint.base_url}."
+        except httpx.TransportError as error:
+            return False, f"Could not reach {self.endpoint.base_url}: {error}"
+        except OctopusXError as error:
+            return False, str(error)
+
+
+def _video_path(video_id: str) -> str:
+    return f"/v1/videos/{quote(video_id, safe='')}"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_video_url(video_id: str, url: str) -> str:
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise VideoDownloadError(
+            video_id, f"video_url has scheme {urlsplit(url).scheme!r}; only http(s) is fetched"
+        )
+    return url
+
+
+def _checked(
+    response: httpx.Response, video_id: str | None = None, *, stream: bool = False
+) -> httpx.Response:
+    """Return a successful response; turn any other into the matching ``APIError``."""
+    if response.is_success:
+        return response
+    if stream:
+        response.read()
+    message, code = _error_details(response)
+    status = response.status_code
+    error_class = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
+    raise error_class(
+        message,
+        status_code=status,
+        code=code,
+        request_id=response.headers.get("x-request-id"),
+        video_id=video_id,
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+    )
+
+
+def _error_details(response: httpx.Response) -> tuple[str, str | None]:
+    """The API's OpenAI-style ``{"error": {"message", "code"}}``, or the start of a non-JSON body."""
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        error = None
+    if isinstance(error, dict) and error.get("message"):
+        code = error.get("code") or error.get("type")
+        return str(error["message"]), None if code is None else str(code)
+    text = response.text.strip()[:200]
+    return text or response.reason_phrase or "HTTP error", None
+
+
+def _transport_error(error: httpx.TransportError, what: str) -> TransportError:
+    never_sent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    return TransportError(f"{what}: {type(error).__name__}: {error}", request_sent=not never_sent)
+
+
+def _submission_transport_error(error: httpx.TransportError) -> TransportError:
+    """After the request left, a lost answer means a video may exist: say so instead of sending it again."""
+    plain = _transport_error(error, "POST /v1/videos")
+    if not plain.request_sent:
+        return plain
+    return AmbiguousSubmissionError(
+        f"{plain} - the submission may have reached OctopusX and created a billed video. It was not sent "
+        "again; look for it among your recent videos before submitting once more.",
+        request_sent=True,
+    )
+
+
+def _copy_mp4(video_id: str, response: httpx.Response, file: IO[bytes], chunk_size: int) -> int:
+    """Copy the body chunk by chunk, checking the MP4 signature and the announced length."""
+    written = 0
+    head = b""
+    try:
+        for chunk in response.iter_bytes(chunk_size):
+            if len(head) < 8:
+                head += chunk[: 8 - len(head)]
+                if len(head) == 8 and head[4:8] != b"ftyp":
+                    raise VideoDownloadError(video_id, "the body is not an MP4 (no 'ftyp' box at the start)")
+            file.write(chunk)
+            written += len(chunk)
+    except httpx.TransportError as error:
+        raise VideoDownloadError(video_id, f"transfer broke after {written} bytes: {error}") from error
+    if len(head) < 8:
+        raise VideoDownloadError(video_id, f"the body is only {written} bytes, too short for an MP4")
+    expected = response.headers.get("content-length")
+    # With a Content-Encoding the header counts encoded bytes, which iter_bytes has already decoded.
+    if expected is not None and "content-encoding" not in response.headers and int(expected) != written:
+        raise VideoDownloadError(video_id, f"received {written} bytes of the announced {expected}")
+    return written

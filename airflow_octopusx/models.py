@@ -1,0 +1,342 @@
+"""Typed models of the OctopusX video API: what we send (``VideoRequest``) and what we get (``VideoTask``).
+
+Every operator builds its request through ``VideoRequest.build`` so that one set of rules decides what is
+valid, and a bad argument is refused, naming the field and the allowed values, before any HTTP request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from airflow_octopusx.exceptions import InvalidVideoRequest, VideoFailedError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL: Final = "omni-fast"
+ASPECT_RATIOS: Final = ("16:9", "9:16")
+RESOLUTIONS: Final = ("720p", "1080p", "2k", "4k")
+MIN_SECONDS: Final = 4
+MAX_SECONDS: Final = 30
+MAX_IMAGES: Final = 5
+# omni-fast has no reference-video input; those fields belong to omni-fast-v2v.
+REFERENCE_VIDEO_FIELDS: Final = ("video", "video_url", "input_video")
+
+RUNNING_STATUSES: Final = frozenset({"queued", "in_progress", "processing"})
+FAILED_STATUSES: Final = frozenset({"failed", "cancelled"})
+COMPLETED: Final = "completed"
+
+
+class _Unrendered:
+    """Stands for a value that is only known after Airflow renders templates or resolves XComs."""
+
+    def __repr__(self) -> str:
+        return "UNRENDERED"
+
+
+UNRENDERED: Final = _Unrendered()
+
+_DATA_URI = re.compile(r"data:image/(?P<type>[a-z0-9.+-]+);base64,(?P<payload>.*)", re.IGNORECASE | re.DOTALL)
+
+
+def _prompt(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidVideoRequest("prompt", "must be a non-empty string", value)
+    return value
+
+
+def _model(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidVideoRequest("model", f"must be a model name such as {DEFAULT_MODEL!r}", value)
+    return value
+
+
+def _seconds(value: Any) -> str | None:
+    if value is None:
+        return None
+    allowed = f"must be a whole number of seconds from {MIN_SECONDS} to {MAX_SECONDS}, as int or str"
+    if isinstance(value, bool):
+        raise InvalidVideoRequest("seconds", allowed, value)
+    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    else:
+        raise InvalidVideoRequest("seconds", allowed, value)
+    if not MIN_SECONDS <= number <= MAX_SECONDS:
+        raise InvalidVideoRequest("seconds", allowed, value)
+    return str(number)
+
+
+def _one_of(name: str, allowed: Sequence[str]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is None or value in allowed:
+            return value  # type: ignore[no-any-return]
+        raise InvalidVideoRequest(name, f"must be one of {', '.join(allowed)}", value)
+
+    return check
+
+
+def _image(name: str, value: Any) -> str:
+    """An image is a public http(s) URL or a ``data:image/<type>;base64,`` URI that really decodes."""
+    allowed = "must be an http(s) URL or a data:image/<type>;base64,<data> URI"
+    if not isinstance(value, str):
+        raise InvalidVideoRequest(name, allowed, value)
+    if value[:5].lower() == "data:":
+        match = _DATA_URI.fullmatch(value)
+        if match is None:
+            raise InvalidVideoRequest(name, allowed, value)
+        try:
+            decoded = base64.b64decode(match["payload"], validate=True)
+        except (binascii.Error, ValueError):
+            problem = "has a data URI whose base64 payload does not decode"
+            raise InvalidVideoRequest(name, problem, value) from None
+        if not decoded:
+            raise InvalidVideoRequest(name, "has a data URI with an empty image", value)
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidVideoRequest(name, allowed, value)
+    return value
+
+
+def _optional_image(name: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value is None else _image(name, value)
+
+    return check
+
+
+def _images(value: Any) -> tuple[Any, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidVideoRequest("images", f"must be a list of up to {MAX_IMAGES} images", value)
+    if len(value) > MAX_IMAGES:
+        raise InvalidVideoRequest("images", f"takes at most {MAX_IMAGES} images, got {len(value)}")
+    return tuple(
+        item if item is UNRENDERED else _image(f"images[{index}]", item) for index, item in enumerate(value)
+    )
+
+
+def _extra_body(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise InvalidVideoRequest("extra_body", "must be a mapping of field names to JSON values", value)
+    clashes = sorted(set(value) & set(_FIELD_CHECKS))
+    if clashes:
+        raise InvalidVideoRequest(
+            "extra_body", f"must not repeat {', '.join(clashes)}; pass them as arguments"
+        )
+    return dict(value)
+
+
+_FIELD_CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
+    "prompt": _prompt,
+    "model": _model,
+    "seconds": _seconds,
+    "aspect_ratio": _one_of("aspect_ratio", ASPECT_RATIOS),
+    "resolution": _one_of("resolution", RESOLUTIONS),
+    "first_image_url": _optional_image("first_image_url"),
+    "last_image_url": _optional_image("last_image_url"),
+    "images": _images,
+}
+
+
+def _check_combination(values: Mapping[str, Any]) -> None:
+    """Rules that span fields; an ``UNRENDERED`` value counts as given but unknown."""
+    if values.get("last_image_url") is not None and values.get("first_image_url") is None:
+        raise InvalidVideoRequest("last_image_url", "needs first_image_url as well (first/last frame mode)")
+    extra = values.get("extra_body")
+    if values.get("model") == DEFAULT_MODEL and isinstance(extra, Mapping):
+        refused = [name for name in REFERENCE_VIDEO_FIELDS if name in extra]
+        if refused:
+            raise InvalidVideoRequest(
+                f"extra_body.{refused[0]}",
+                f"{DEFAULT_MODEL} takes no reference video ({', '.join(REFERENCE_VIDEO_FIELDS)}); "
+                "use model='omni-fast-v2v'",
+            )
+
+
+_VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+
+
+def check_video_id(value: Any) -> str:
+    """Refuse ids that could not have come from the API, such as ones with path characters."""
+    if not isinstance(value, str) or not _VIDEO_ID.fullmatch(value):
+        raise InvalidVideoRequest(
+            "video_id",
+            "must be an OctopusX video id: letters, digits, '.', '_', ':' or '-', at most 200",
+            value,
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class VideoRequest:
+    """A validated ``POST /v1/videos`` body."""
+
+    prompt: str
+    model: str = DEFAULT_MODEL
+    seconds: str | None = None
+    aspect_ratio: str | None = None
+    resolution: str | None = None
+    first_image_url: str | None = None
+    last_image_url: str | None = None
+    images: tuple[str, ...] = ()
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        prompt: Any,
+        model: Any = DEFAULT_MODEL,
+        seconds: Any = None,
+        aspect_ratio: Any = None,
+        resolution: Any = None,
+        first_image_url: Any = None,
+        last_image_url: Any = None,
+        images: Any = None,
+        extra_body: Any = None,
+    ) -> VideoRequest:
+        """Validate raw arguments (as a DAG author wrote or Airflow rendered them) into a request."""
+        raw = {
+            "prompt": prompt,
+            "model": model,
+            "seconds": seconds,
+            "aspect_ratio": aspect_ratio,
+            "resolution": resolution,
+            "first_image_url": first_image_url,
+            "last_image_url": last_image_url,
+            "images": images,
+        }
+        checked = {name: _FIELD_CHECKS[name](value) for name, value in raw.items()}
+        checked["extra_body"] = _extra_body(extra_body)
+        _check_combination(checked)
+        return cls(**checked)
+
+    @staticmethod
+    def check_known(values: Mapping[str, Any]) -> None:
+        """Check what is known before rendering; values that are ``UNRENDERED`` are checked later."""
+        for name, value in values.items():
+            if value is UNRENDERED:
+                continue
+            if name == "extra_body":
+                _extra_body(value)
+            else:
+                _FIELD_CHECKS[name](value)
+        _check_combination(values)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body the API expects: unset optional fields are left out, not sent as null."""
+        body: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
+        optional = {
+            "seconds": self.seconds,
+            "aspect_ratio": self.aspect_ratio,
+            "resolution": self.resolution,
+            "first_image_url": self.first_image_url,
+            "last_image_url": self.last_image_url,
+        }
+        body.update({name: value for name, value in optional.items() if value is not None})
+        if self.images:
+            body["images"] = list(self.images)
+        body.update(self.extra_body)
+        return body
+
+    def describe(self) -> str:
+        """A one-line summary for task logs, without image payloads."""
+        parts = [f"model={self.model}", f"seconds={self.seconds or 'default'}"]
+        parts += [
+            f"{name}={value}"
+            for name, value in (("resolution", self.resolution), ("aspect_ratio", self.aspect_ratio))
+            if value
+        ]
+        if self.first_image_url:
+            parts.append("first/last frame" if self.last_image_url else "first frame")
+        if self.images:
+            parts.append(f"{len(self.images)} reference image(s)")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class VideoError:
+    """Why the API failed a video."""
+
+    message: str
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoTask:
+    """A video as the API reports it, parsed once so callers never read raw JSON."""
+
+    id: str
+    status: str
+    progress: float = 0
+    video_url: str = ""
+    error: VideoError | None = None
+    model: str | None = None
+    created_at: int | None = None
+
+    @classmethod
+    def from_api(cls, payload: Mapping[str, Any]) -> VideoTask:
+        video_id = payload.get("id") or payload.get("task_id")
+        if not isinstance(video_id, str) or not video_id:
+            raise ValueError("the API answered without a video id")
+        status = str(payload.get("status") or "queued").lower()
+        if status not in RUNNING_STATUSES | FAILED_STATUSES | {COMPLETED}:
+            _warn_unknown_status(status)
+        raw_error = payload.get("error")
+        error = None
+        if isinstance(raw_error, Mapping) and raw_error.get("message"):
+            code = raw_error.get("code")
+            error = VideoError(message=str(raw_error["message"]), code=None if code is None else str(code))
+        progress = payload.get("progress")
+        created_at = payload.get("created_at")
+        return cls(
+            id=video_id,
+            status=status,
+            progress=progress if isinstance(progress, (int, float)) and not isinstance(progress, bool) else 0,
+            video_url=str(payload.get("video_url") or ""),
+            error=error,
+            model=payload.get("model"),
+            created_at=created_at if isinstance(created_at, int) else None,
+        )
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status == COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status in FAILED_STATUSES
+
+    @property
+    def is_finished(self) -> bool:
+        """Completed or failed; any other status, known or not, means the video is still being made."""
+        return self.is_completed or self.is_failed
+
+    def raise_if_failed(self) -> None:
+        """Raise ``VideoFailedError`` with the API's own message and code if the video failed."""
+        if not self.is_failed:
+            return
+        if self.error is None:
+            raise VideoFailedError(
+                self.id, f"the API reported status {self.status!r} without an error message"
+            )
+        raise VideoFailedError(self.id, self.error.message, self.error.code)
+
+
+@functools.cache
+def _warn_unknown_status(status: str) -> None:
+    """Warn once per process: a new status is most likely a new in-progress state, so we keep waiting."""
+    log.warning("OctopusX reported an unknown status %r; treating it as still in progress.", status)

@@ -1,0 +1,236 @@
+"""Operators that submit an OctopusX video and save the finished MP4."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
+
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, ObjectStoragePath, conf
+
+from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest
+from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.models import DEFAULT_MODEL, UNRENDERED, VideoRequest, VideoTask, check_video_id
+from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+_REQUEST_FIELDS = (
+    "prompt",
+    "model",
+    "seconds",
+    "aspect_ratio",
+    "resolution",
+    "first_image_url",
+    "last_image_url",
+    "images",
+    "extra_body",
+)
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def _known(value: Any) -> Any:
+    """``value`` as far as it is known while the DAG is parsed: templates and XComs are ``UNRENDERED``."""
+    if isinstance(value, str):
+        return UNRENDERED if ("{{" in value or "{%" in value) else value
+    if isinstance(value, (list, tuple)):
+        return [_known(item) for item in value]
+    if isinstance(value, dict):
+        known = {key: _known(item) for key, item in value.items()}
+        return UNRENDERED if UNRENDERED in known.values() else known
+    return value if isinstance(value, _PLAIN_TYPES) else UNRENDERED
+
+
+class SubmitVideoOperator(BaseOperator):
+    """Submit a video to OctopusX and, by default, wait until it is made.
+
+    The video id goes to XCom (key ``video_id``) as soon as the API accepts the request, and is also the
+    task's return value, so ``DownloadVideoOperator(video_id=submit.output)`` wires itself. Arguments are
+    validated when the DAG is parsed (templated ones after rendering), before any request is sent.
+
+    :param prompt: what the video shows.
+    :param seconds: length, 4 to 30, as int or str.
+    :param aspect_ratio: ``"16:9"`` or ``"9:16"``.
+    :param resolution: ``"720p"``, ``"1080p"``, ``"2k"`` or ``"4k"``.
+    :param first_image_url: first frame (http(s) URL or ``data:image/...;base64,`` URI).
+    :param last_image_url: last frame; needs ``first_image_url``.
+    :param images: up to 5 reference images.
+    :param model: ``"omni-fast"``; other models (such as ``"omni-fast-v2v"``) take their extra fields in
+        ``extra_body``.
+    :param extra_body: further JSON fields sent as they are.
+    :param octopusx_conn_id: the ``octopusx`` connection.
+    :param wait_for_completion: wait until the video is completed (else return once it is submitted).
+    :param deferrable: wait in the triggerer, freeing the worker slot.
+    :param poll_interval: seconds between status checks.
+    :param timeout: seconds to wait for the video before failing; the video itself is not cancelled.
+    """
+
+    template_fields: Sequence[str] = _REQUEST_FIELDS
+    template_fields_renderers: ClassVar[dict[str, str]] = {"extra_body": "json", "images": "json"}
+    ui_color = "#7b4fd6"
+
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        seconds: int | str | None = None,
+        aspect_ratio: str | None = None,
+        resolution: str | None = None,
+        first_image_url: str | None = None,
+        last_image_url: str | None = None,
+        images: Sequence[str] | None = None,
+        model: str = DEFAULT_MODEL,
+        extra_body: dict[str, Any] | None = None,
+        octopusx_conn_id: str = OctopusXHook.default_conn_name,
+        wait_for_completion: bool = True,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 10,
+        timeout: float = 3600,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.seconds = seconds
+        self.aspect_ratio = aspect_ratio
+        self.resolution = resolution
+        self.first_image_url = first_image_url
+        self.last_image_url = last_image_url
+        self.images = images
+        self.model = model
+        self.extra_body = extra_body
+        self.octopusx_conn_id = octopusx_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        try:
+            VideoRequest.check_known({name: _known(getattr(self, name)) for name in _REQUEST_FIELDS})
+        except InvalidVideoRequest as error:
+            raise ValueError(f"{type(self).__name__} {self.task_id!r}: {error}") from error
+
+    @cached_property
+    def hook(self) -> OctopusXHook:
+        return OctopusXHook(self.octopusx_conn_id)
+
+    def execute(self, context: Context) -> str:
+        try:
+            request = VideoRequest.build(**{name: getattr(self, name) for name in _REQUEST_FIELDS})
+        except InvalidVideoRequest as error:
+            raise AirflowFailException(f"Invalid argument after rendering templates: {error}") from error
+        try:
+            video = self.hook.submit_video(request)
+        except BadRequestError as error:
+            raise AirflowFailException(f"OctopusX refused the request: {error}") from error
+        context["ti"].xcom_push(key="video_id", value=video.id)
+        self.log.info("Submitted video %s (%s)", video.id, request.describe())
+        if not self.wait_for_completion:
+            return video.id
+
+        deadline = time.time() + self.timeout
+        video = self.hook.get_video(video.id)
+        if not video.is_finished and self.deferrable:
+            self.defer(
+                trigger=VideoTaskTrigger(
+                    video_id=video.id,
+                    octopusx_conn_id=self.octopusx_conn_id,
+                    poll_interval=self.poll_interval,
+                    deadline=deadline,
+                ),
+                method_name="execute_complete",
+            )
+        if not video.is_finished:
+            video = self.hook.wait_for_video(video.id, poll_interval=self.poll_interval, deadline=deadline)
+        video.raise_if_failed()
+        return self._completed(video)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        video_id = video_id_from_event(event)
+        self.log.info("Video %s completed", video_id)
+        return video_id
+
+    def _completed(self, video: VideoTask) -> str:
+        host = urlsplit(video.video_url).hostname if video.video_url else "the API's /content download"
+        self.log.info("Video %s completed; it can be fetched from %s", video.id, host)
+        return video.id
+
+
+class DownloadVideoOperator(BaseOperator):
+    """Save a finished video's MP4 to any ``ObjectStoragePath`` (local disk, S3, GCS, ...).
+
+    The MP4 is streamed to a temporary name beside the destination and moved into place only once it is
+    whole and checked (byte count, MP4 signature), so a partial file is never visible at the destination.
+
+    :param video_id: the OctopusX video id, e.g. ``submit.output``.
+    :param destination: a file path or URI; ending in ``/`` (or an existing folder) means a folder, and the
+        file is then ``<video_id>.mp4``.
+    :param destination_conn_id: connection for the destination's object store (e.g. ``aws_default``).
+    :param overwrite: replace an existing file instead of failing.
+    :param octopusx_conn_id: the ``octopusx`` connection.
+    :return: the destination URI.
+    """
+
+    template_fields: Sequence[str] = ("video_id", "destination")
+    ui_color = "#4f8bd6"
+
+    def __init__(
+        self,
+        *,
+        video_id: str,
+        destination: str | ObjectStoragePath,
+        destination_conn_id: str | None = None,
+        overwrite: bool = False,
+        octopusx_conn_id: str = OctopusXHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.video_id = video_id
+        self.destination = destination
+        self.destination_conn_id = destination_conn_id
+        self.overwrite = overwrite
+        self.octopusx_conn_id = octopusx_conn_id
+
+    def execute(self, context: Context) -> str:
+        try:
+            check_video_id(self.video_id)
+        except InvalidVideoRequest as error:
+            raise AirflowFailException(str(error)) from error
+        target = self._target()
+        if not self.overwrite and target.exists():
+            raise AirflowFailException(f"{target} already exists; pass overwrite=True to replace it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
+        started = time.monotonic()
+        try:
+            with OctopusXHook(self.octopusx_conn_id) as hook, partial.open("wb") as file:
+                size = hook.download_video(self.video_id, file)
+            # A rename on one store: atomic on local disk; on object stores the final key appears whole.
+            partial.fs.mv(partial.path, target.path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.log.info(
+            "Stored video %s at %s (%d bytes, %.1f MB/s)", self.video_id, target, size, size / elapsed / 1e6
+        )
+        return str(target)
+
+    def _target(self) -> ObjectStoragePath:
+        destination = self.destination
+        folder = isinstance(destination, str) and destination.endswith("/")
+        if isinstance(destination, str):
+            if "://" not in destination:
+                destination = Path(destination).absolute().as_uri()
+            destination = ObjectStoragePath(destination, conn_id=self.destination_conn_id)
+        if folder or destination.is_dir():
+            return destination / f"{_file_name(self.video_id)}.mp4"
+        return destination
+
+
+def _file_name(video_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", video_id)

@@ -1,0 +1,131 @@
+"""``VideoTaskTrigger``: waits for a video in the triggerer, so no worker slot is held while it renders."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_octopusx.exceptions import (
+    OctopusXError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    VideoFailedError,
+    VideoTimeoutError,
+)
+from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.models import VideoTask
+
+#: Every status a ``VideoTaskTrigger`` event can carry; ``video_id_from_event`` refuses anything else.
+EVENT_STATUSES: Final = ("success", "failed", "timeout", "error")
+# Worth polling again; anything else (bad key, unknown video) will not get better by waiting.
+_TRANSIENT_ERRORS = (TransportError, RateLimitError, ServerError)
+
+
+class VideoTaskTrigger(BaseTrigger):
+    """Poll one video until it is completed or failed, or the deadline passes, then fire one event.
+
+    Holds only plain values (never the key), so it survives serialisation and triggerer restarts; the
+    deadline is absolute for the same reason. One HTTP client serves the whole run.
+
+    :param video_id: the OctopusX video id.
+    :param octopusx_conn_id: the ``octopusx`` connection; the key is looked up in the triggerer.
+    :param poll_interval: seconds between polls.
+    :param deadline: Unix time after which the wait ends with a ``timeout`` event.
+    :param max_poll_errors: consecutive failed polls (after the hook's own retries) tolerated before giving
+        up; authentication and not-found errors end the wait at once.
+    """
+
+    def __init__(
+        self,
+        video_id: str,
+        octopusx_conn_id: str,
+        poll_interval: float,
+        deadline: float,
+        max_poll_errors: int = 5,
+    ) -> None:
+        super().__init__()
+        self.video_id = video_id
+        self.octopusx_conn_id = octopusx_conn_id
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self.max_poll_errors = max_poll_errors
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "video_id": self.video_id,
+                "octopusx_conn_id": self.octopusx_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "max_poll_errors": self.max_poll_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async with OctopusXHook(self.octopusx_conn_id) as hook:
+                event = await self._poll(hook)
+        except OctopusXError as error:
+            event = self._event("error", str(error), None, code=getattr(error, "code", None))
+        yield TriggerEvent(event)
+
+    async def _poll(self, hook: OctopusXHook) -> dict[str, Any]:
+        """Poll until there is something to report, and return that one event's payload."""
+        last: VideoTask | None = None
+        poll_errors = 0
+        while True:
+            try:
+                video = await hook.aget_video(self.video_id)
+            except _TRANSIENT_ERRORS as error:
+                poll_errors += 1
+                self.log.warning("Poll %d of video %s failed: %s", poll_errors, self.video_id, error)
+                if poll_errors >= self.max_poll_errors:
+                    return self._event("error", f"gave up after {poll_errors} failed polls: {error}", last)
+            else:
+                poll_errors = 0
+                if last is None or (video.status, video.progress) != (last.status, last.progress):
+                    self.log.info("Video %s: %s, %g%%", self.video_id, video.status, video.progress)
+                last = video
+                if video.is_completed:
+                    return self._event("success", "completed", video)
+                if video.is_failed:
+                    reason = video.error
+                    message = reason.message if reason else f"status {video.status}"
+                    return self._event("failed", message, video, code=reason.code if reason else None)
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                return self._event("timeout", "deadline passed", last)
+            await asyncio.sleep(min(self.poll_interval, remaining))
+
+    def _event(
+        self, status: str, message: str, video: VideoTask | None, code: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "status": status,
+            "video_id": self.video_id,
+            "message": message,
+            "code": code,
+            "progress": video.progress if video else None,
+            "deadline": self.deadline,
+        }
+
+
+def video_id_from_event(event: dict[str, Any] | None) -> str:
+    """Turn a trigger event into the video id, or the error it stands for; unknown events are refused."""
+    if not event or event.get("status") not in EVENT_STATUSES:
+        raise OctopusXError(f"Unexpected event from VideoTaskTrigger: {event!r}")
+    video_id = str(event["video_id"])
+    status = event["status"]
+    if status == "success":
+        return video_id
+    if status == "failed":
+        raise VideoFailedError(video_id, event.get("message") or "no message", event.get("code"))
+    if status == "timeout":
+        raise VideoTimeoutError(video_id, float(event["deadline"]), event.get("progress"))
+    raise OctopusXError(f"Waiting for video {video_id} failed: {event.get('message')}")
