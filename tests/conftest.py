@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated Airflow home and metadata DB, and connections to the simulator.
+
+Airflow reads its settings when first imported, so the environment is set here, before any import of
+airflow; the ``octopusx_simulator`` fixture comes from the package's own pytest plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="octopusx-tests-airflow-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _AIRFLOW_HOME,
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "example_dags"),
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    }
+)
+os.environ.pop("AIRFLOW_CONN_OCTOPUSX_DEFAULT", None)
+
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+import pytest  # noqa: E402
+
+if TYPE_CHECKING:
+    from airflow_octopusx.simulator import Simulator
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """Create the metadata tables once; ``dag.test()`` needs them."""
+    from airflow.utils.db import initdb
+
+    initdb()
+
+
+@pytest.fixture
+def octopusx_conn(octopusx_simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> Simulator:
+    """Point ``octopusx_default`` at the simulator, as a user would with an environment variable."""
+    monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_simulator))
+    return octopusx_simulator
+
+
+def connection_uri(simulator: Simulator, api_key: str | None = None) -> str:
+    return json.dumps(
+        {"conn_type": "octopusx", "host": simulator.api_url, "password": api_key or simulator.api_key}
+    )
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Where example DAGs store their MP4s during a test."""
+    folder = tmp_path / "videos"
+    monkeypatch.setenv("OCTOPUSX_OUTPUT_DIR", f"{folder}/")
+    yield folder

@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import pytest
+
+from airflow_octopusx.exceptions import InvalidVideoRequest, VideoFailedError
+from airflow_octopusx.models import UNRENDERED, VideoRequest, VideoTask, check_video_id
+
+PNG_URI = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n fake image").decode()
+
+
+def build(**overrides: Any) -> VideoRequest:
+    return VideoRequest.build(**{"prompt": "ocean waves", **overrides})
+
+
+class TestVideoRequestAccepts:
+    def test_text_to_video_body_matches_the_documented_example(self) -> None:
+        request = build(seconds=8, aspect_ratio="16:9", resolution="720p")
+        assert request.to_json() == {
+            "model": "omni-fast",
+            "prompt": "ocean waves",
+            "seconds": "8",
+            "aspect_ratio": "16:9",
+            "resolution": "720p",
+        }
+
+    @pytest.mark.parametrize(("given", "sent"), [(4, "4"), ("30", "30"), (" 12 ", "12"), ("08", "8")])
+    def test_seconds_as_int_or_str_are_sent_as_a_string(self, given: Any, sent: str) -> None:
+        assert build(seconds=given).to_json()["seconds"] == sent
+
+    def test_optional_fields_are_left_out_not_sent_as_null(self) -> None:
+        assert build().to_json() == {"model": "omni-fast", "prompt": "ocean waves"}
+
+    def test_first_and_last_frame_and_reference_images(self) -> None:
+        body = build(
+            first_image_url="https://example.com/first.jpg",
+            last_image_url=PNG_URI,
+            images=["https://example.com/a.png", PNG_URI],
+        ).to_json()
+        assert body["first_image_url"] == "https://example.com/first.jpg"
+        assert body["last_image_url"] == PNG_URI
+        assert body["images"] == ["https://example.com/a.png", PNG_URI]
+
+    def test_other_models_pass_through_with_their_extra_fields(self) -> None:
+        body = build(model="omni-fast-v2v", extra_body={"video_url": "https://example.com/in.mp4"}).to_json()
+        assert body["model"] == "omni-fast-v2v"
+        assert body["video_url"] == "https://example.com/in.mp4"
+
+    def test_describe_leaves_out_image_payloads(self) -> None:
+        text = build(seconds=8, resolution="1080p", images=[PNG_URI]).describe()
+        assert "base64" not in text
+        assert "seconds=8" in text
+        assert "1 reference image" in text
+
+
+# Each case: arguments, the field the error must name, words the message must contain.
+INVALID = [
+    ({"prompt": ""}, "prompt", "non-empty"),
+    ({"prompt": "   "}, "prompt", "non-empty"),
+    ({"prompt": None}, "prompt", "non-empty"),
+    ({"prompt": 42}, "prompt", "non-empty"),
+    ({"model": ""}, "model", "omni-fast"),
+    ({"seconds": 3}, "seconds", "4 to 30"),
+    ({"seconds": 31}, "seconds", "4 to 30"),
+    ({"seconds": "0"}, "seconds", "4 to 30"),
+    ({"seconds": "8s"}, "seconds", "4 to 30"),
+    ({"seconds": 8.5}, "seconds", "4 to 30"),
+    ({"seconds": True}, "seconds", "4 to 30"),
+    ({"seconds": "-5"}, "seconds", "4 to 30"),
+    ({"aspect_ratio": "4:3"}, "aspect_ratio", "16:9, 9:16"),
+    ({"aspect_ratio": "16x9"}, "aspect_ratio", "16:9, 9:16"),
+    ({"resolution": "480p"}, "resolution", "720p, 1080p, 2k, 4k"),
+    ({"resolution": "1080P"}, "resolution", "720p, 1080p, 2k, 4k"),
+    ({"last_image_url": "https://example.com/l.png"}, "last_image_url", "first_image_url"),
+    ({"first_image_url": "ftp://example.com/f.png"}, "first_image_url", "http(s) URL"),
+    ({"first_image_url": "/tmp/f.png"}, "first_image_url", "http(s) URL"),
+    ({"first_image_url": "https://"}, "first_image_url", "http(s) URL"),
+    ({"first_image_url": 7}, "first_image_url", "http(s) URL"),
+    ({"first_image_url": "data:image/png;base64,@@not base64@@"}, "first_image_url", "does not decode"),
+    ({"first_image_url": "data:text/plain;base64,aGVsbG8="}, "first_image_url", "data:image/"),
+    ({"first_image_url": "data:image/png,rawbytes"}, "first_image_url", "base64"),
+    ({"first_image_url": "data:image/png;base64,"}, "first_image_url", "empty image"),
+    ({"images": ["https://example.com/x.png"] * 6}, "images", "at most 5"),
+    ({"images": "https://example.com/x.png"}, "images", "list of up to 5"),
+    ({"images": ["https://example.com/x.png", "file:///etc/passwd"]}, "images[1]", "http(s) URL"),
+    ({"extra_body": {"video": "https://example.com/in.mp4"}}, "extra_body.video", "omni-fast-v2v"),
+    ({"extra_body": {"video_url": "https://example.com/in.mp4"}}, "extra_body.video_url", "omni-fast-v2v"),
+    ({"extra_body": {"input_video": "https://example.com/in.mp4"}}, "extra_body.input_video", "v2v"),
+    ({"extra_body": {"seconds": "8"}}, "extra_body", "pass them as arguments"),
+    ({"extra_body": ["not", "a", "mapping"]}, "extra_body", "mapping"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "field", "words"), INVALID)
+def test_invalid_arguments_name_the_field_and_the_allowed_values(
+    arguments: dict[str, Any], field: str, words: str
+) -> None:
+    with pytest.raises(InvalidVideoRequest) as caught:
+        build(**arguments)
+    assert caught.value.field == field
+    assert str(caught.value).startswith(f"{field}: ")
+    assert words in str(caught.value)
+
+
+def test_long_values_are_shortened_in_messages() -> None:
+    with pytest.raises(InvalidVideoRequest) as caught:
+        build(first_image_url="data:image/png;base64," + "!" * 5000)
+    assert len(str(caught.value)) < 300
+
+
+class TestCheckKnown:
+    def test_unrendered_values_are_left_for_later(self) -> None:
+        VideoRequest.check_known({"prompt": UNRENDERED, "seconds": UNRENDERED, "images": [UNRENDERED] * 5})
+
+    def test_known_values_are_checked_beside_unrendered_ones(self) -> None:
+        with pytest.raises(InvalidVideoRequest, match="resolution"):
+            VideoRequest.check_known({"prompt": UNRENDERED, "resolution": "8k"})
+
+    def test_an_unrendered_first_image_counts_as_given(self) -> None:
+        VideoRequest.check_known({"first_image_url": UNRENDERED, "last_image_url": "https://e.com/l.png"})
+
+    def test_six_images_are_refused_even_when_unrendered(self) -> None:
+        with pytest.raises(InvalidVideoRequest, match="at most 5"):
+            VideoRequest.check_known({"images": [UNRENDERED] * 6})
+
+
+class TestVideoTask:
+    def test_parses_the_documented_response(self) -> None:
+        task = VideoTask.from_api(
+            {
+                "id": "video_abc123",
+                "task_id": "video_abc123",
+                "object": "video",
+                "model": "omni-fast",
+                "status": "queued",
+                "progress": 0,
+                "created_at": 1735689600,
+                "video_url": "",
+            }
+        )
+        assert (task.id, task.status, task.progress, task.model, task.created_at) == (
+            "video_abc123",
+            "queued",
+            0,
+            "omni-fast",
+            1735689600,
+        )
+        assert not task.is_finished
+
+    def test_falls_back_to_task_id_and_accepts_float_progress(self) -> None:
+        task = VideoTask.from_api({"task_id": "video_x", "status": "in_progress", "progress": 42.5})
+        assert task.id == "video_x"
+        assert task.progress == 42.5
+
+    def test_without_any_id_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="video id"):
+            VideoTask.from_api({"status": "queued"})
+
+    def test_completed(self) -> None:
+        task = VideoTask.from_api({"id": "v", "status": "completed", "progress": 100, "video_url": "https://c/v"})
+        assert task.is_completed and task.is_finished
+        task.raise_if_failed()
+
+    @pytest.mark.parametrize("status", ["failed", "cancelled"])
+    def test_failed_raises_with_the_api_code_and_message(self, status: str) -> None:
+        task = VideoTask.from_api(
+            {"id": "v1", "status": status, "error": {"message": "Prompt refused", "code": "content_policy"}}
+        )
+        assert task.is_failed and task.is_finished
+        with pytest.raises(VideoFailedError) as caught:
+            task.raise_if_failed()
+        assert (caught.value.video_id, caught.value.code, caught.value.message) == (
+            "v1",
+            "content_policy",
+            "Prompt refused",
+        )
+        assert "v1" in str(caught.value) and "content_policy" in str(caught.value)
+
+    def test_unknown_status_counts_as_running_and_is_logged_once(self, caplog: pytest.LogCaptureFixture) -> None:
+        with caplog.at_level(logging.WARNING, logger="airflow_octopusx.models"):
+            first = VideoTask.from_api({"id": "v", "status": "rendering_frames"})
+            VideoTask.from_api({"id": "v", "status": "rendering_frames"})
+        assert not first.is_finished
+        assert [r.getMessage() for r in caplog.records].count(
+            "OctopusX reported an unknown status 'rendering_frames'; treating it as still in progress."
+        ) == 1
+
+    def test_processing_is_a_known_running_status(self) -> None:
+        assert not VideoTask.from_api({"id": "v", "status": "processing"}).is_finished
+
+
+@pytest.mark.parametrize("video_id", ["video_abc123", "task-1.2", "a:b"])
+def test_valid_video_ids(video_id: str) -> None:
+    assert check_video_id(video_id) == video_id
+
+
+@pytest.mark.parametrize("video_id", ["", "../etc/passwd", "a/b", "a\\b", ".hidden", None, 7, "x" * 201])
+def test_video_ids_that_cannot_come_from_the_api_are_refused(video_id: Any) -> None:
+    with pytest.raises(InvalidVideoRequest, match="video_id"):
+        check_video_id(video_id)
