@@ -24,7 +24,7 @@ os.environ.pop("AIRFLOW_CONN_OCTOPUSX_DEFAULT", None)
 
 import json  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
-from typing import TYPE_CHECKING  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -59,3 +59,13 @@ def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     folder = tmp_path / "videos"
     monkeypatch.setenv("OCTOPUSX_OUTPUT_DIR", f"{folder}/")
     yield folder
+
+
+def xcom_values(run: Any, key: str) -> dict[str, Any]:
+    """XCom values of one key in a finished ``dag.test()`` run, by task id."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=run.dag_id, key=key)).all()
+        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
