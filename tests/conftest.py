@@ -16,14 +16,14 @@ os.environ.update(
     {
         "AIRFLOW_HOME": _AIRFLOW_HOME,
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "example_dags"),
+        # dag.test() only runs DAGs from files inside the dags folder: examples and test modules alike.
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO),
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
     }
 )
 os.environ.pop("AIRFLOW_CONN_OCTOPUSX_DEFAULT", None)
 
 import json  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -53,12 +53,19 @@ def connection_uri(simulator: Simulator, api_key: str | None = None) -> str:
     )
 
 
+class RecordingTaskInstance:
+    """Stands in for ``context["ti"]`` when a test calls ``execute()`` directly."""
+
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+
 @pytest.fixture
-def output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Where example DAGs store their MP4s during a test."""
-    folder = tmp_path / "videos"
-    monkeypatch.setenv("OCTOPUSX_OUTPUT_DIR", f"{folder}/")
-    yield folder
+def context() -> dict[str, Any]:
+    return {"ti": RecordingTaskInstance()}
 
 
 def xcom_values(run: Any, key: str) -> dict[str, Any]:
