@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 import pendulum
-
 from airflow.sdk import DAG
+
 from airflow_octopusx.operators.octopusx import DownloadVideoOperator, SubmitVideoOperator
 
 OUTPUT_DIR = os.environ.get("OCTOPUSX_OUTPUT_DIR", "/tmp/octopusx/videos/")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 
 import pendulum
-
 from airflow.sdk import DAG
+
 from airflow_octopusx.operators.octopusx import DownloadVideoOperator, SubmitVideoOperator
 from airflow_octopusx.sensors.octopusx import VideoTaskSensor
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 
 import pendulum
-
 from airflow.sdk import DAG, Param
+
 from airflow_octopusx.operators.octopusx import DownloadVideoOperator, SubmitVideoOperator
 
 # A folder (note the trailing slash): each video is stored there as <video_id>.mp4.

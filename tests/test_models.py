@@ -160,8 +160,11 @@ class TestVideoTask:
             VideoTask.from_api({"status": "queued"})
 
     def test_completed(self) -> None:
-        task = VideoTask.from_api({"id": "v", "status": "completed", "progress": 100, "video_url": "https://c/v"})
-        assert task.is_completed and task.is_finished
+        task = VideoTask.from_api(
+            {"id": "v", "status": "completed", "progress": 100, "video_url": "https://c/v"}
+        )
+        assert task.is_completed
+        assert task.is_finished
         task.raise_if_failed()
 
     @pytest.mark.parametrize("status", ["failed", "cancelled"])
@@ -169,7 +172,8 @@ class TestVideoTask:
         task = VideoTask.from_api(
             {"id": "v1", "status": status, "error": {"message": "Prompt refused", "code": "content_policy"}}
         )
-        assert task.is_failed and task.is_finished
+        assert task.is_failed
+        assert task.is_finished
         with pytest.raises(VideoFailedError) as caught:
             task.raise_if_failed()
         assert (caught.value.video_id, caught.value.code, caught.value.message) == (
@@ -177,9 +181,12 @@ class TestVideoTask:
             "content_policy",
             "Prompt refused",
         )
-        assert "v1" in str(caught.value) and "content_policy" in str(caught.value)
+        assert "v1" in str(caught.value)
+        assert "content_policy" in str(caught.value)
 
-    def test_unknown_status_counts_as_running_and_is_logged_once(self, caplog: pytest.LogCaptureFixture) -> None:
+    def test_unknown_status_counts_as_running_and_is_logged_once(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
         with caplog.at_level(logging.WARNING, logger="airflow_octopusx.models"):
             first = VideoTask.from_api({"id": "v", "status": "rendering_frames"})
             VideoTask.from_api({"id": "v", "status": "rendering_frames"})

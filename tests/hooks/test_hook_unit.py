@@ -37,7 +37,9 @@ FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
 def make_hook(handler: Callable[[httpx.Request], httpx.Response]) -> OctopusXHook:
     hook = OctopusXHook(retry_policy=FAST)
     hook._endpoint = ApiEndpoint(API, KEY)
-    hook._client = httpx.Client(transport=httpx.MockTransport(handler), **hook._client_options(hook._endpoint))
+    hook._client = httpx.Client(
+        transport=httpx.MockTransport(handler), **hook._client_options(hook._endpoint)
+    )
     return hook
 
 

@@ -1,0 +1,156 @@
+"""The OctopusX API origin: ``/v1/videos`` create, poll and authenticated download."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
+
+from airflow_octopusx.simulator import signing
+from airflow_octopusx.simulator.faults import ROUTE_CONTENT, ROUTE_CREATE, ROUTE_RETRIEVE
+from airflow_octopusx.simulator.media import VideoBody
+from airflow_octopusx.simulator.responses import VideoResponse, api_error, enact_fault
+from airflow_octopusx.simulator.state import SimulatorState, Video
+from airflow_octopusx.simulator.validation import InvalidRequest, validate_create
+
+
+class VideosApi:
+    """Handlers for the documented endpoints, answering like the real service (errors included)."""
+
+    def __init__(self, state: SimulatorState, *, api_key: str, cdn_url: str) -> None:
+        self.state = state
+        self.cdn_url = cdn_url
+        self._api_key = api_key.encode()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/videos", self.create, methods=["POST"]),
+            Route("/v1/videos/{video_id}", self.retrieve, methods=["GET"]),
+            Route("/v1/videos/{video_id}/content", self.content, methods=["GET"]),
+        ]
+
+    async def create(self, request: Request) -> ASGIApp:
+        self.state.record_request(ROUTE_CREATE, _client(request))
+        outcome = await enact_fault(self.state.take_fault(ROUTE_CREATE), request.scope, cdn=False)
+        if outcome.response is not None:
+            return outcome.response
+        if denied := self._deny_unauthenticated(request):
+            return denied
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:
+            return api_error(
+                400,
+                "We could not parse the JSON body of your request. Send a JSON object "
+                "with 'Content-Type: application/json'.",
+                code="invalid_json",
+            )
+        try:
+            model = validate_create(payload)
+        except InvalidRequest as exc:
+            return api_error(400, exc.message, code=exc.code, param=exc.param)
+        return JSONResponse(self._render(self.state.create_video(model)))
+
+    async def retrieve(self, request: Request) -> ASGIApp:
+        self.state.record_request(ROUTE_RETRIEVE, _client(request))
+        outcome = await enact_fault(self.state.take_fault(ROUTE_RETRIEVE), request.scope, cdn=False)
+        if outcome.response is not None:
+            return outcome.response
+        if denied := self._deny_unauthenticated(request):
+            return denied
+        video = self.state.get_video(request.path_params["video_id"])
+        if video is None:
+            return _video_not_found(request.path_params["video_id"])
+        return JSONResponse(self._render(video))
+
+    async def content(self, request: Request) -> ASGIApp:
+        self.state.record_request(ROUTE_CONTENT, _client(request))
+        outcome = await enact_fault(self.state.take_fault(ROUTE_CONTENT), request.scope, cdn=False)
+        if outcome.response is not None:
+            return outcome.response
+        if denied := self._deny_unauthenticated(request):
+            return denied
+        video = self.state.get_video(request.path_params["video_id"])
+        if video is None:
+            return _video_not_found(request.path_params["video_id"])
+        status, _ = video.progress_at(time.monotonic())
+        if status != "completed":
+            return api_error(
+                409,
+                f"Video '{video.id}' is {status}; its content is only available once it is completed.",
+                code="video_not_ready",
+            )
+        body = VideoBody.build(self.state.sample, self.state.settings.video_size_bytes)
+        return VideoResponse(body, etag=f'"{video.id}-{body.total}"', truncate=outcome.truncate)
+
+    def _deny_unauthenticated(self, request: Request) -> Response | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._api_key):
+            return None
+        self.state.record_unauthorized()
+        # The supplied key is never echoed back, not even partially.
+        return api_error(
+            401,
+            "Invalid API key provided. Send it as 'Authorization: Bearer <API key>'.",
+            code="invalid_api_key",
+            error_type="authentication_error",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    def _render(self, video: Video) -> dict[str, Any]:
+        status, progress = video.progress_at(time.monotonic())
+        rendered: dict[str, Any] = {
+            "id": video.id,
+            "task_id": video.id,
+            "object": "video",
+            "model": video.model,
+            "status": status,
+            "progress": progress,
+            "created_at": video.created_at,
+            "video_url": "",
+        }
+        if status == "completed" and not self.state.settings.empty_video_url:
+            rendered["video_url"] = self._signed_url(video.id)
+        if status == "failed" and video.failure is not None:
+            rendered["error"] = {"message": video.failure.message, "code": video.failure.code}
+        return rendered
+
+    def _signed_url(self, video_id: str) -> str:
+        """A fresh link on every poll, valid for ``url_ttl_seconds`` from now."""
+        expires = int(time.time() + self.state.settings.url_ttl_seconds)
+        signature = signing.sign(self.state.secret, video_id, expires)
+        return f"{self.cdn_url}/videos/{video_id}.mp4?expires={expires}&signature={signature}"
+
+
+def build_api_app(api: VideosApi, control_routes: list[BaseRoute]) -> Starlette:
+    """API origin app: the documented routes plus the unauthenticated ``/_simulator`` controls."""
+    return Starlette(
+        routes=[*api.routes(), *control_routes],
+        exception_handlers={HTTPException: _http_exception},
+    )
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in the API's own error format."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+    message = f"{request.method} {request.url.path}: {exc.detail if isinstance(exc, HTTPException) else exc}"
+    headers = exc.headers if isinstance(exc, HTTPException) else None
+    return api_error(status, message, code=code, headers=dict(headers) if headers else None)
+
+
+def _video_not_found(video_id: str) -> Response:
+    return api_error(404, f"No video found with id '{video_id}'.", code="not_found", param="video_id")
+
+
+def _client(request: Request) -> tuple[str, int] | None:
+    client = request.scope.get("client")
+    return (str(client[0]), int(client[1])) if client else None
