@@ -1,0 +1,168 @@
+"""SubmitVideoOperator: validation at parse time and after rendering, XCom, deferral, waiting, errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
+
+from airflow_octopusx.exceptions import VideoFailedError, VideoTimeoutError
+from airflow_octopusx.operators.octopusx import SubmitVideoOperator
+from airflow_octopusx.simulator import Simulator
+from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
+from tests.conftest import xcom_values
+
+
+def operator(**kwargs: Any) -> SubmitVideoOperator:
+    return SubmitVideoOperator(**{"task_id": "make_video", "prompt": "A kite over a beach", **kwargs})
+
+
+class TestParseTimeValidation:
+    def test_a_bad_static_argument_names_the_task_and_the_field(self) -> None:
+        with pytest.raises(ValueError, match=r"SubmitVideoOperator 'make_video': seconds: .*4 to 30"):
+            operator(seconds=99)
+
+    @pytest.mark.parametrize(
+        "arguments",
+        [
+            {"seconds": "{{ params.seconds }}"},
+            {"prompt": "{{ dag_run.conf['prompt'] }}"},
+            {"images": ["https://example.com/a.png", "{{ params.image }}"]},
+            {"first_image_url": "{{ params.first }}", "last_image_url": "https://example.com/l.png"},
+            {"extra_body": {"video_url": "{{ params.video }}"}, "model": "omni-fast-v2v"},
+        ],
+    )
+    def test_templated_arguments_wait_for_rendering(self, arguments: dict[str, Any]) -> None:
+        operator(**arguments)
+
+    def test_static_arguments_beside_templated_ones_are_still_checked(self) -> None:
+        with pytest.raises(ValueError, match="resolution"):
+            operator(prompt="{{ params.prompt }}", resolution="8k")
+
+    def test_a_dag_file_with_a_bad_argument_fails_to_import_naming_task_and_field(
+        self, tmp_path: Path
+    ) -> None:
+        from airflow.dag_processing.dagbag import DagBag
+
+        (tmp_path / "bad_dag.py").write_text(
+            "import pendulum\n"
+            "from airflow.sdk import DAG\n"
+            "from airflow_octopusx.operators.octopusx import SubmitVideoOperator\n"
+            "with DAG('bad', schedule=None, start_date=pendulum.datetime(2026, 1, 1)):\n"
+            "    SubmitVideoOperator(task_id='clip', prompt='x', images=['https://e.com/i.png'] * 6)\n"
+        )
+        [error] = DagBag(dag_folder=str(tmp_path)).import_errors.values()
+        assert "SubmitVideoOperator 'clip': images: takes at most 5 images, got 6" in error
+
+
+class TestExecute:
+    def test_deferrable_pushes_the_id_then_defers_with_a_keyless_trigger(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=30)
+        with pytest.raises(TaskDeferred) as caught:
+            operator(deferrable=True, poll_interval=3, timeout=600).execute(context)
+        video_id = context["ti"].xcom["video_id"]
+        trigger = caught.value.trigger
+        assert isinstance(trigger, VideoTaskTrigger)
+        assert caught.value.method_name == "execute_complete"
+        classpath, kwargs = trigger.serialize()
+        assert kwargs["video_id"] == video_id
+        assert kwargs["poll_interval"] == 3
+        assert kwargs["deadline"] == pytest.approx(time.time() + 600, abs=5)
+        assert octopusx_conn.api_key not in json.dumps(kwargs)
+        assert (octopusx_conn.stats.posts, octopusx_conn.stats.gets) == (1, 1)  # submitted, checked once
+
+    def test_a_video_finished_at_the_first_check_needs_no_deferral(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0)
+        video_id = operator(deferrable=True).execute(context)
+        assert video_id == context["ti"].xcom["video_id"]
+
+    def test_waiting_in_the_worker_returns_the_id(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0.3)
+        video_id = operator(deferrable=False, poll_interval=0.05).execute(context)
+        assert video_id == context["ti"].xcom["video_id"]
+        assert octopusx_conn.stats.gets >= 2
+
+    def test_without_waiting_only_the_submission_is_sent(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        video_id = operator(wait_for_completion=False).execute(context)
+        assert video_id == context["ti"].xcom["video_id"]
+        assert (octopusx_conn.stats.posts, octopusx_conn.stats.gets) == (1, 0)
+
+    def test_a_failed_video_raises_with_code_message_and_id(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0.2)
+        octopusx_conn.fail_next(code="content_policy_violation", message="Prompt refused")
+        with pytest.raises(VideoFailedError) as caught:
+            operator(deferrable=False, poll_interval=0.05).execute(context)
+        assert caught.value.video_id == context["ti"].xcom["video_id"]
+        assert "Prompt refused (code=content_policy_violation)" in str(caught.value)
+
+    def test_a_timeout_says_the_video_may_still_finish(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=60)
+        with pytest.raises(VideoTimeoutError) as caught:
+            operator(deferrable=False, poll_interval=0.1, timeout=0.4).execute(context)
+        video_id = context["ti"].xcom["video_id"]
+        assert f"Video {video_id} did not finish" in str(caught.value)
+        assert "may still complete" in str(caught.value)
+
+    def test_arguments_that_render_to_garbage_fail_before_any_request(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        task = operator(seconds="{{ params.seconds }}")
+        task.seconds = "ninety"  # what rendering would leave
+        with pytest.raises(AirflowFailException, match="seconds: must be a whole number"):
+            task.execute(context)
+        assert octopusx_conn.stats.posts == 0
+
+    def test_an_api_refusal_fails_without_retries_and_shows_the_api_message(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        with pytest.raises(AirflowFailException, match="OctopusX refused the request: .*model"):
+            operator(model="omni-ultra").execute(context)
+        assert octopusx_conn.stats.posts == 1
+
+    def test_execute_complete_turns_events_into_results(self) -> None:
+        task = operator()
+        assert task.execute_complete({}, {"status": "success", "video_id": "video_1"}) == "video_1"
+        with pytest.raises(VideoFailedError, match="Video video_1 failed: nope"):
+            task.execute_complete({}, {"status": "failed", "video_id": "video_1", "message": "nope"})
+
+
+@pytest.mark.usefixtures("airflow_db")
+class TestDagRuns:
+    def test_waiting_in_the_worker(self, octopusx_conn: Simulator) -> None:
+        from tests.dags.submit_scenarios import in_worker
+
+        octopusx_conn.configure(generation_seconds=0.3)
+        run = in_worker.test()
+        assert run.state == "success"
+        [video_id] = xcom_values(run, "video_id").values()
+        assert xcom_values(run, "return_value") == {"submit": video_id}
+        assert octopusx_conn.stats.posts == 1
+
+    def test_templates_render_then_validate(
+        self, octopusx_conn: Simulator, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from tests.dags.submit_scenarios import templated
+
+        octopusx_conn.configure(generation_seconds=0.2)
+        assert templated.test().state == "success"
+        assert octopusx_conn.stats.posts == 1
+        capsys.readouterr()
+        assert templated.test(run_conf={"seconds": "99"}).state == "failed"
+        assert octopusx_conn.stats.posts == 1  # the bad run sent nothing
+        assert "Invalid argument after rendering templates: seconds: must be" in capsys.readouterr().out

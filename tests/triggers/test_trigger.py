@@ -1,0 +1,156 @@
+"""VideoTaskTrigger run in an event loop against the simulator: every event kind, one event per run."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import pytest
+
+from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
+from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.models import VideoRequest
+from airflow_octopusx.simulator import Fault, Simulator
+from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
+from tests.conftest import connection_uri
+
+REQUEST = VideoRequest.build(prompt="A lighthouse in a storm", seconds=6)
+
+
+def submit(simulator: Simulator, generation_seconds: float = 0.4) -> str:
+    simulator.configure(generation_seconds=generation_seconds)
+    with OctopusXHook() as hook:
+        return hook.submit_video(REQUEST).id
+
+
+def trigger_for(
+    video_id: str, *, poll_interval: float = 0.05, timeout: float = 10, **kwargs: Any
+) -> VideoTaskTrigger:
+    return VideoTaskTrigger(
+        video_id=video_id,
+        octopusx_conn_id="octopusx_default",
+        poll_interval=poll_interval,
+        deadline=time.time() + timeout,
+        **kwargs,
+    )
+
+
+async def events_of(trigger: VideoTaskTrigger) -> list[dict[str, Any]]:
+    return [event.payload async for event in trigger.run()]
+
+
+def test_serialize_round_trips_plain_values_without_the_key(octopusx_conn: Simulator) -> None:
+    trigger = trigger_for("video_1", poll_interval=7, max_poll_errors=3)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_octopusx.triggers.octopusx.VideoTaskTrigger"
+    assert kwargs == {
+        "video_id": "video_1",
+        "octopusx_conn_id": "octopusx_default",
+        "poll_interval": 7,
+        "deadline": trigger.deadline,
+        "max_poll_errors": 3,
+    }
+    encoded = json.dumps(kwargs)
+    assert octopusx_conn.api_key not in encoded
+    assert VideoTaskTrigger(**json.loads(encoded)).serialize() == (classpath, kwargs)
+
+
+async def test_success_is_one_event_after_polling_over_one_connection(
+    octopusx_conn: Simulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    video_id = submit(octopusx_conn)
+    capsys.readouterr()
+    events = await events_of(trigger_for(video_id))
+    assert events == [
+        {
+            "status": "success",
+            "video_id": video_id,
+            "message": "completed",
+            "code": None,
+            "progress": 100,
+            "deadline": pytest.approx(time.time() + 10, abs=2),
+        }
+    ]
+    assert video_id_from_event(events[0]) == video_id
+    stats = octopusx_conn.stats
+    assert stats.gets >= 3
+    assert stats.api_connections == 2  # the submit's, and the trigger's one for all its polls
+    # Airflow's structured logging prints trigger logs to stdout.
+    progress_lines = re.findall(rf"Video {video_id}: (\w+, [\d.]+%)", capsys.readouterr().out)
+    assert len(progress_lines) == len(set(progress_lines)) >= 2  # logged when it changes, not every poll
+    assert progress_lines[-1] == "completed, 100%"
+
+
+async def test_failure_carries_the_api_code_and_message(octopusx_conn: Simulator) -> None:
+    octopusx_conn.fail_next(code="content_policy_violation", message="Refused")
+    video_id = submit(octopusx_conn)
+    [event] = await events_of(trigger_for(video_id))
+    assert (event["status"], event["code"], event["message"]) == (
+        "failed",
+        "content_policy_violation",
+        "Refused",
+    )
+    with pytest.raises(VideoFailedError, match=f"Video {video_id} failed: Refused"):
+        video_id_from_event(event)
+
+
+async def test_the_deadline_ends_the_wait_with_a_timeout_event(octopusx_conn: Simulator) -> None:
+    video_id = submit(octopusx_conn, generation_seconds=60)
+    started = time.monotonic()
+    [event] = await events_of(trigger_for(video_id, poll_interval=5, timeout=0.6))
+    assert 0.5 < time.monotonic() - started < 2  # the last sleep is cut short at the deadline
+    assert event["status"] == "timeout"
+    assert event["progress"] is not None
+    with pytest.raises(VideoTimeoutError, match="may still complete"):
+        video_id_from_event(event)
+
+
+async def test_a_deadline_already_passed_still_polls_once(octopusx_conn: Simulator) -> None:
+    video_id = submit(octopusx_conn, generation_seconds=60)
+    [event] = await events_of(trigger_for(video_id, timeout=-5))
+    assert event["status"] == "timeout"
+    assert octopusx_conn.stats.gets == 1
+
+
+async def test_a_bad_key_ends_the_wait_at_once(
+    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video_id = submit(octopusx_conn)
+    monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_conn, "sk-revoked"))
+    [event] = await events_of(trigger_for(video_id))
+    assert event["status"] == "error"
+    assert event["code"] == "invalid_api_key"
+    assert "sk-revoked" not in json.dumps(event)
+    assert octopusx_conn.stats.gets == 1
+
+
+async def test_an_unknown_video_ends_the_wait_at_once(octopusx_conn: Simulator) -> None:
+    [event] = await events_of(trigger_for("video_missing"))
+    assert (event["status"], event["code"]) == ("error", "not_found")
+    with pytest.raises(OctopusXError, match="video_missing"):
+        video_id_from_event(event)
+
+
+async def test_transient_errors_are_tolerated_up_to_the_bound(octopusx_conn: Simulator) -> None:
+    video_id = submit(octopusx_conn)
+    # Each failed poll is already the hook's 5 attempts; two failed polls stay under the bound of 3.
+    octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", status=503, retry_after=0, times=10))
+    [event] = await events_of(trigger_for(video_id, max_poll_errors=3))
+    assert event["status"] == "success"
+
+
+async def test_persistent_errors_end_with_an_error_event(octopusx_conn: Simulator) -> None:
+    video_id = submit(octopusx_conn)
+    octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", status=500, retry_after=0, times=100))
+    [event] = await events_of(trigger_for(video_id, max_poll_errors=2))
+    assert event["status"] == "error"
+    assert event["message"].startswith("gave up after 2 failed polls")
+    assert octopusx_conn.stats.gets == 10  # 2 polls x 5 attempts each
+
+
+@pytest.mark.parametrize("event", [None, {}, {"status": "weird", "video_id": "v"}, {"video_id": "v"}])
+def test_unknown_events_are_refused(event: dict[str, Any] | None) -> None:
+    with pytest.raises(OctopusXError, match="Unexpected event"):
+        video_id_from_event(event)
