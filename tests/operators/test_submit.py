@@ -70,7 +70,7 @@ class TestExecute:
         trigger = caught.value.trigger
         assert isinstance(trigger, VideoTaskTrigger)
         assert caught.value.method_name == "execute_complete"
-        classpath, kwargs = trigger.serialize()
+        _, kwargs = trigger.serialize()
         assert kwargs["video_id"] == video_id
         assert kwargs["poll_interval"] == 3
         assert kwargs["deadline"] == pytest.approx(time.time() + 600, abs=5)
@@ -131,7 +131,7 @@ class TestExecute:
     def test_an_api_refusal_fails_without_retries_and_shows_the_api_message(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
-        with pytest.raises(AirflowFailException, match="OctopusX refused the request: .*model"):
+        with pytest.raises(AirflowFailException, match=r"OctopusX refused the request: .*model"):
             operator(model="omni-ultra").execute(context)
         assert octopusx_conn.stats.posts == 1
 
