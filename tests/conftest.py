@@ -7,6 +7,8 @@ airflow; the ``octopusx_simulator`` fixture comes from the package's own pytest 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -34,10 +36,14 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
-    """Create the metadata tables once; ``dag.test()`` needs them."""
+    """Create the metadata tables and serialise the DAGs once; ``dag.test()`` needs both.
+
+    Airflow 3.2+ serialises the DAG in ``dag.test()`` itself; 3.1 expects it in the database already.
+    """
     from airflow.utils.db import initdb
 
     initdb()
+    subprocess.run([sys.executable, "-m", "airflow", "dags", "reserialize"], check=True, capture_output=True)
 
 
 @pytest.fixture
@@ -76,3 +82,12 @@ def xcom_values(run: Any, key: str) -> dict[str, Any]:
     with create_session() as session:
         rows = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=run.dag_id, key=key)).all()
         return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+
+
+def load_dags(folder: Path) -> Any:
+    """A DagBag of ``folder``; it moved from airflow.models to airflow.dag_processing in 3.2."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
+    return DagBag(dag_folder=str(folder))

@@ -55,26 +55,21 @@ class ApiEndpoint:
     @classmethod
     def from_connection(cls, conn: Any) -> ApiEndpoint:
         if not conn.password:
-            raise AuthenticationError(
-                f"Connection {conn.conn_id!r} has no API key: put it in the connection's password field",
-                status_code=401,
+            raise OctopusXError(
+                f"Connection {conn.conn_id!r} has no API key: put it in the connection's password field"
             )
         mask_secret(conn.password)
         host = (conn.host or DEFAULT_BASE_URL).strip().rstrip("/")
-        if "://" not in host:
-            host = f"https://{host}"
-        parts = urlsplit(host)
-        if conn.port and parts.port is None:
-            host = f"{parts.scheme}://{parts.hostname}:{conn.port}{parts.path}"
-        allow_http = bool(conn.extra_dejson.get("allow_insecure_http", False))
-        if parts.scheme != "https" and not (
-            parts.scheme == "http" and (allow_http or _is_loopback(parts.hostname))
-        ):
+        url = httpx.URL(host if "://" in host else f"https://{host}")
+        if conn.port and url.port is None:
+            url = url.copy_with(port=conn.port)
+        allow_http = str(conn.extra_dejson.get("allow_insecure_http", False)).lower() == "true"
+        if url.scheme != "https" and not (url.scheme == "http" and (allow_http or _is_loopback(url.host))):
             raise OctopusXError(
-                f"Connection {conn.conn_id!r}: base URL {host!r} must use https:// (http:// is allowed only "
-                "for loopback hosts, or with extra {'allow_insecure_http': true})"
+                f"Connection {conn.conn_id!r}: base URL {str(url)!r} must use https:// (http:// is allowed "
+                "only for loopback hosts, or with extra {'allow_insecure_http': true})"
             )
-        return cls(base_url=host, api_key=conn.password)
+        return cls(base_url=str(url).rstrip("/"), api_key=conn.password)
 
     def is_api_origin(self, url: httpx.URL) -> bool:
         own = httpx.URL(self.base_url)
@@ -180,7 +175,7 @@ class OctopusXHook(BaseHook):
                     response = self.client.post("/v1/videos", json=request.to_json())
                 except httpx.TransportError as error:
                     raise _submission_transport_error(error) from error
-                return VideoTask.from_api(_checked(response).json())
+                return _video_from(response)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def get_video(self, video_id: str) -> VideoTask:
@@ -192,7 +187,7 @@ class OctopusXHook(BaseHook):
                     response = self.client.get(path)
                 except httpx.TransportError as error:
                     raise _transport_error(error, f"GET {path}") from error
-                return VideoTask.from_api(_checked(response, video_id).json())
+                return _video_from(response, video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def aget_video(self, video_id: str) -> VideoTask:
@@ -207,7 +202,7 @@ class OctopusXHook(BaseHook):
                     response = await self._async_client.get(path)
                 except httpx.TransportError as error:
                     raise _transport_error(error, f"GET {path}") from error
-                return VideoTask.from_api(_checked(response, video_id).json())
+                return _video_from(response, video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def wait_for_video(self, video_id: str, *, poll_interval: float, deadline: float) -> VideoTask:
@@ -236,7 +231,9 @@ class OctopusXHook(BaseHook):
         video.raise_if_failed()
         if not video.is_completed:
             raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
-        sources = [_checked_video_url(video_id, video.video_url)] if video.video_url else []
+        sources = [video.video_url] if _is_http_url(video.video_url) else []
+        if video.video_url and not sources:
+            self.log.warning("Ignoring a video_url that is not http(s) for video %s", video_id)
         sources.append(f"{_video_path(video_id)}/content")
         for source in sources:
             with contextlib.closing(self._open_download(video_id, source)) as response:
@@ -280,6 +277,17 @@ class OctopusXHook(BaseHook):
             return False, str(error)
 
 
+def _video_from(response: httpx.Response, video_id: str | None = None) -> VideoTask:
+    """Parse a video answer; a malformed one is an ``OctopusXError``, like any other API failure."""
+    _checked(response, video_id)
+    try:
+        return VideoTask.from_api(response.json())
+    except (ValueError, AttributeError) as error:
+        raise OctopusXError(
+            f"OctopusX sent an answer that is not a video (HTTP {response.status_code}): {error}"
+        ) from error
+
+
 def _video_path(video_id: str) -> str:
     return f"/v1/videos/{quote(video_id, safe='')}"
 
@@ -293,12 +301,8 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _checked_video_url(video_id: str, url: str) -> str:
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise VideoDownloadError(
-            video_id, f"video_url has scheme {urlsplit(url).scheme!r}; only http(s) is fetched"
-        )
-    return url
+def _is_http_url(url: str) -> bool:
+    return urlsplit(url).scheme in ("http", "https")
 
 
 def _checked(

@@ -123,6 +123,10 @@ class SubmitVideoOperator(BaseOperator):
             request = VideoRequest.build(**{name: getattr(self, name) for name in _REQUEST_FIELDS})
         except InvalidVideoRequest as error:
             raise AirflowFailException(f"Invalid argument after rendering templates: {error}") from error
+        with self.hook:
+            return self._submit_and_wait(context, request)
+
+    def _submit_and_wait(self, context: Context, request: VideoRequest) -> str:
         try:
             video = self.hook.submit_video(request)
         except BadRequestError as error:

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
+    AirflowSensorTimeout,
     BaseSensorOperator,
     PokeReturnValue,
     conf,
 )
 
-from airflow_octopusx.exceptions import InvalidVideoRequest
+from airflow_octopusx.exceptions import InvalidVideoRequest, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import check_video_id
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
@@ -58,10 +59,11 @@ class VideoTaskSensor(BaseSensorOperator):
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:
             raise AirflowFailException(str(error)) from error
-        if not self.deferrable:
-            return super().execute(context)
-        # Check once first: a video that is already finished needs no trip through the triggerer.
-        done = self.poke(context)
+        with self.hook:
+            if not self.deferrable:
+                return super().execute(context)
+            # Check once first: a video that is already finished needs no trip through the triggerer.
+            done = self.poke(context)
         if done:
             return done.xcom_value
         self.defer(
@@ -81,4 +83,8 @@ class VideoTaskSensor(BaseSensorOperator):
         return PokeReturnValue(is_done=video.is_completed, xcom_value=video.id)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
-        return video_id_from_event(event)
+        try:
+            return video_id_from_event(event)
+        except VideoTimeoutError as error:
+            # The same exception as poke mode's timeout, so soft_fail and never_fail behave alike.
+            raise AirflowSensorTimeout(str(error)) from error

@@ -11,7 +11,7 @@ import av
 import pytest
 
 from airflow_octopusx.simulator import Simulator
-from tests.conftest import REPO, xcom_values
+from tests.conftest import REPO, load_dags, xcom_values
 
 EXAMPLES = sorted(path.stem for path in (REPO / "example_dags").glob("example_*.py"))
 # Videos each example submits, and the tasks that defer to the triggerer.
@@ -34,9 +34,7 @@ def example_output(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def dagbag(example_output: Path) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "example_dags"))
+    return load_dags(REPO / "example_dags")
 
 
 @pytest.fixture
@@ -61,7 +59,8 @@ def decoded_frames(path: Path) -> int:
 def test_example_runs_defers_and_stores_playable_mp4s(
     dag_id: str, dagbag: Any, octopusx_conn: Simulator, output_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    octopusx_conn.configure(generation_seconds=1.0)
+    # Long enough that every wait really defers, short of the examples' 5 s poll interval.
+    octopusx_conn.configure(generation_seconds=2.5)
     videos, deferring_tasks = EXPECTED[dag_id]
 
     run = dagbag.get_dag(dag_id).test()

@@ -6,6 +6,7 @@ The same behaviours are exercised over real sockets against the simulator in ``t
 from __future__ import annotations
 
 import email.utils
+import io
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ from airflow_octopusx.exceptions import (
     RateLimitError,
     ServerError,
     TransportError,
+    VideoDownloadError,
 )
 from airflow_octopusx.hooks.octopusx import ApiEndpoint, OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
@@ -203,6 +205,61 @@ def test_key_goes_only_to_the_api_origin() -> None:
     assert [("Authorization" in r.headers) for r in recorder.requests] == [False, False, False, True]
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [httpx.Response(200, text="<html>maintenance</html>"), httpx.Response(200, json={"status": "queued"})],
+)
+def test_a_malformed_answer_is_an_octopusx_error(answer: httpx.Response) -> None:
+    with pytest.raises(OctopusXError, match="not a video"):
+        make_hook(Recorder(answer)).get_video("video_1")
+
+
+def test_a_video_url_that_is_not_http_is_skipped_for_the_content_proxy() -> None:
+    mp4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16
+    recorder = Recorder(
+        httpx.Response(200, json={"id": "video_1", "status": "completed", "video_url": "file:///etc/passwd"}),
+        httpx.Response(200, content=mp4),
+    )
+    sink = io.BytesIO()
+    assert make_hook(recorder).download_video("video_1", sink) == len(mp4)
+    assert [str(r.url) for r in recorder.requests] == [
+        f"{API}/v1/videos/video_1",
+        f"{API}/v1/videos/video_1/content",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"<html>not a video</html>", "not an MP4"),
+        (b"\x00\x00", "too short for an MP4"),
+    ],
+)
+def test_downloads_are_checked_for_the_mp4_signature(body: bytes, problem: str) -> None:
+    recorder = Recorder(
+        httpx.Response(
+            200, json={"id": "video_1", "status": "completed", "video_url": "https://cdn.test/v.mp4"}
+        ),
+        httpx.Response(200, content=body),
+    )
+    with pytest.raises(VideoDownloadError, match=problem):
+        make_hook(recorder).download_video("video_1", io.BytesIO())
+
+
+def test_a_short_body_against_content_length_is_refused() -> None:
+    mp4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16
+    recorder = Recorder(
+        httpx.Response(
+            200, json={"id": "video_1", "status": "completed", "video_url": "https://cdn.test/v.mp4"}
+        ),
+        httpx.Response(200, content=mp4, headers={"Content-Length": str(len(mp4) + 10)}),
+    )
+    with pytest.raises(
+        VideoDownloadError, match=f"received {len(mp4)} bytes of the announced {len(mp4) + 10}"
+    ):
+        make_hook(recorder).download_video("video_1", io.BytesIO())
+
+
 def test_video_ids_are_escaped_in_paths() -> None:
     recorder = Recorder(httpx.Response(200, json=VIDEO))
     make_hook(recorder).get_video("a/../b")
@@ -257,8 +314,18 @@ class TestApiEndpoint:
         assert ApiEndpoint.from_connection(allowed).base_url == "http://gateway.internal"
 
     def test_missing_key_is_a_clear_error(self) -> None:
-        with pytest.raises(AuthenticationError, match="no API key"):
+        with pytest.raises(OctopusXError, match="has no API key: put it in the connection's password"):
             ApiEndpoint.from_connection(connection(password=""))
+
+    def test_port_is_applied_to_ipv6_hosts_too(self) -> None:
+        endpoint = ApiEndpoint.from_connection(connection(host="http://[::1]", port=8765))
+        assert endpoint.base_url == "http://[::1]:8765"
+
+    @pytest.mark.parametrize("flag", [False, "false", "False", None])
+    def test_insecure_http_stays_refused_unless_the_flag_is_true(self, flag: Any) -> None:
+        conn = connection(host="http://gateway.internal", extra_dejson={"allow_insecure_http": flag})
+        with pytest.raises(OctopusXError, match="must use https"):
+            ApiEndpoint.from_connection(conn)
 
     def test_key_is_not_in_repr(self) -> None:
         assert KEY not in repr(ApiEndpoint.from_connection(connection()))
