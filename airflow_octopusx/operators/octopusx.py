@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, ObjectStoragePath, conf
+from fsspec.implementations.local import LocalFileSystem
 
 from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest
 from airflow_octopusx.hooks.octopusx import OctopusXHook
@@ -213,8 +215,7 @@ class DownloadVideoOperator(BaseOperator):
         try:
             with OctopusXHook(self.octopusx_conn_id) as hook, partial.open("wb") as file:
                 size = hook.download_video(self.video_id, file)
-            # A rename on one store: atomic on local disk; on object stores the final key appears whole.
-            partial.fs.mv(partial.path, target.path)
+            self._publish(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -224,12 +225,30 @@ class DownloadVideoOperator(BaseOperator):
         )
         return str(target)
 
+    def _publish(self, partial: ObjectStoragePath, target: ObjectStoragePath) -> None:
+        """Move the checked file into place: a rename on one store, so only a whole file is ever visible.
+
+        On local disk without ``overwrite`` a hard link is used, which refuses to replace a file that
+        appeared at the destination while the video downloaded.
+        """
+        if self.overwrite or not isinstance(partial.fs, LocalFileSystem):
+            partial.fs.mv(partial.path, target.path)
+            return
+        try:
+            os.link(partial.path, target.path)
+        except FileExistsError:
+            raise AirflowFailException(
+                f"{target} already exists (it appeared during the download); pass overwrite=True to replace"
+            ) from None
+        partial.unlink()
+
     def _target(self) -> ObjectStoragePath:
         destination = self.destination
         folder = isinstance(destination, str) and destination.endswith("/")
         if isinstance(destination, str):
             if "://" not in destination:
-                destination = Path(destination).absolute().as_uri()
+                # Not Path.as_uri(): ObjectStoragePath keeps percent-escapes literally.
+                destination = f"file://{Path(destination).absolute()}"
             destination = ObjectStoragePath(destination, conn_id=self.destination_conn_id)
         if folder or destination.is_dir():
             return destination / f"{_file_name(self.video_id)}.mp4"

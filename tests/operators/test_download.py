@@ -3,6 +3,7 @@ and playable, that it appears atomically, and how each failure leaves the destin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -12,8 +13,8 @@ from typing import Any
 
 import av
 import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow.sdk import ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_octopusx.exceptions import OctopusXError, VideoDownloadError, VideoFailedError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
@@ -106,12 +107,6 @@ def test_relative_destination_is_resolved_against_the_working_directory(
     assert (tmp_path / "videos" / f"{video_id}.mp4").read_bytes() == sample_mp4()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a plain path is turned into a URI with Path.as_uri(), which percent-encodes it, and "
-    "ObjectStoragePath does not decode it, so 'my videos/' is written to a folder literally named "
-    "'my%20videos' (and '%' becomes '%25')",
-)
 def test_plain_path_with_space_and_percent_is_used_literally(
     video_id: str, context: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -162,11 +157,6 @@ def test_overwrite_true_replaces_an_existing_file(
     assert files_under(tmp_path) == ["clip.mp4"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (race): overwrite=False is only checked before the download; a file that appears "
-    "at the destination while the video downloads is silently replaced by the final move",
-)
 def test_file_created_during_the_download_is_not_replaced_without_overwrite(
     video_id: str, octopusx_conn: Simulator, context: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -195,10 +185,8 @@ def test_large_video_arrives_whole_and_only_ever_appears_complete(
 
     def watch() -> None:
         while not done.is_set():
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 sizes_seen.append(target.stat().st_size)
-            except FileNotFoundError:
-                pass
             partials_seen.extend(p.name for p in tmp_path.glob(".*.partial"))
 
     watcher = threading.Thread(target=watch, daemon=True)

@@ -14,7 +14,7 @@ from airflow_octopusx.exceptions import VideoFailedError, VideoTimeoutError
 from airflow_octopusx.operators.octopusx import SubmitVideoOperator
 from airflow_octopusx.simulator import Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
-from tests.conftest import xcom_values
+from tests.conftest import load_dags, xcom_values
 
 
 def operator(**kwargs: Any) -> SubmitVideoOperator:
@@ -46,8 +46,6 @@ class TestParseTimeValidation:
     def test_a_dag_file_with_a_bad_argument_fails_to_import_naming_task_and_field(
         self, tmp_path: Path
     ) -> None:
-        from airflow.dag_processing.dagbag import DagBag
-
         (tmp_path / "bad_dag.py").write_text(
             "import pendulum\n"
             "from airflow.sdk import DAG\n"
@@ -55,7 +53,7 @@ class TestParseTimeValidation:
             "with DAG('bad', schedule=None, start_date=pendulum.datetime(2026, 1, 1)):\n"
             "    SubmitVideoOperator(task_id='clip', prompt='x', images=['https://e.com/i.png'] * 6)\n"
         )
-        [error] = DagBag(dag_folder=str(tmp_path)).import_errors.values()
+        [error] = load_dags(tmp_path).import_errors.values()
         assert "SubmitVideoOperator 'clip': images: takes at most 5 images, got 6" in error
 
 

@@ -1,31 +1,247 @@
-import asyncio
+"""VideoTaskSensor against the simulator over real sockets: poking, deferring (the trigger it hands over
+runs for real), resuming from trigger events, and whole DAG runs in both modes."""
 
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSensorTimeout, TaskDeferred
+
+from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
-from airflow_octopusx.models import VideoRequest
+from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.sensors.octopusx import VideoTaskSensor
+from airflow_octopusx.simulator import Simulator, Stats
+from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
+from tests.conftest import xcom_values
+
+POKE_INTERVAL = 0.1
 
 
-def test_probe(octopusx_conn, context):
-    octopusx_conn.configure(generation_seconds=0.3)
+def submit(simulator: Simulator, generation_seconds: float) -> VideoTask:
+    simulator.configure(generation_seconds=generation_seconds)
     with OctopusXHook() as hook:
-        v = hook.submit_video(VideoRequest.build(prompt="x"))
-    s = VideoTaskSensor(task_id="s", video_id=v.id, poke_interval=0.1, timeout=5)
-    print(s.poke(context))
-    print("EXEC", s.execute(context))
-    s2 = VideoTaskSensor(task_id="s2", video_id=v.id, poke_interval=0.1, timeout=5, deferrable=True)
-    octopusx_conn.reset()
-    octopusx_conn.configure(generation_seconds=0.3)
-    with OctopusXHook() as hook:
-        v = hook.submit_video(VideoRequest.build(prompt="x"))
-    s2.video_id = v.id
-    try:
-        s2.execute(context)
-    except BaseException as e:
-        print(type(e), type(e).__mro__, vars(e))
-        ev = None
+        return hook.submit_video(VideoRequest.build(prompt="A lighthouse in a storm"))
 
-        async def go():
-            async for ev in e.trigger.run():
-                return ev
 
-        print(asyncio.run(go()))
+def sensor(video_id: str, **kwargs: Any) -> VideoTaskSensor:
+    kwargs.setdefault("poke_interval", POKE_INTERVAL)
+    kwargs.setdefault("timeout", 10)
+    return VideoTaskSensor(task_id="wait_for_video", video_id=video_id, **kwargs)
+
+
+async def run_trigger(trigger: VideoTaskTrigger) -> list[dict[str, Any]]:
+    """Run a trigger rebuilt from its serialised form, as the triggerer would, and collect its events."""
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_octopusx.triggers.octopusx.VideoTaskTrigger"
+    return [event.payload async for event in VideoTaskTrigger(**kwargs).run()]
+
+
+# -- poke mode ---------------------------------------------------------------------------------------
+
+
+def test_poke_is_false_while_rendering_then_true_with_the_id(
+    octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=0.5)
+    waiting = sensor(video.id)
+
+    first = waiting.poke(context)
+    assert first.is_done is False
+    pokes = 1
+    deadline = time.monotonic() + 5
+    while not (result := waiting.poke(context)).is_done:
+        pokes += 1
+        assert time.monotonic() < deadline, "poke never became true"
+        time.sleep(POKE_INTERVAL)
+
+    assert result.xcom_value == video.id
+    assert pokes >= 2
+    assert octopusx_conn.stats.gets == pokes + 1
+
+
+def test_poke_mode_execute_waits_and_returns_the_id(
+    octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=0.4)
+    started = time.monotonic()
+
+    assert sensor(video.id).execute(context) == video.id
+
+    assert time.monotonic() - started < 3
+    assert octopusx_conn.stats.gets >= 2  # it really had to poke more than once
+
+
+def test_failed_video_raises_from_poke_and_execute(octopusx_conn: Simulator, context: dict[str, Any]) -> None:
+    octopusx_conn.fail_next(code="nsfw_blocked", message="Blocked by the safety system.")
+    video = submit(octopusx_conn, generation_seconds=0.2)
+    time.sleep(0.15)  # a failing video stops half-way through its generation time
+
+    with pytest.raises(VideoFailedError, match="Blocked by the safety system") as raised:
+        sensor(video.id).poke(context)
+    assert (raised.value.video_id, raised.value.code) == (video.id, "nsfw_blocked")
+
+    with pytest.raises(VideoFailedError, match="nsfw_blocked"):
+        sensor(video.id).execute(context)
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
+@pytest.mark.parametrize("bad_id", ["../x", "a/b", ""])
+def test_bad_video_id_fails_before_any_request(
+    bad_id: str, deferrable: bool, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    with pytest.raises(AirflowFailException, match="video_id"):
+        sensor(bad_id, deferrable=deferrable).execute(context)
+
+    assert octopusx_conn.stats == Stats()
+
+
+# -- deferrable mode ---------------------------------------------------------------------------------
+
+
+async def test_deferrable_execute_hands_a_keyless_trigger_to_the_triggerer(
+    octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=0.5)
+    waiting = sensor(video.id, deferrable=True, poke_interval=0.2, timeout=120)
+
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        waiting.execute(context)
+    after = time.time()
+
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, VideoTaskTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert (trigger.video_id, trigger.octopusx_conn_id) == (video.id, "octopusx_default")
+    assert trigger.poll_interval == 0.2
+    assert before + 120 <= trigger.deadline <= after + 120
+    serialized = json.dumps(trigger.serialize())
+    assert octopusx_conn.api_key not in serialized
+    assert octopusx_conn.api_url not in serialized  # the connection is looked up in the triggerer
+    assert octopusx_conn.stats.gets == 1  # one check before deferring
+
+    # The trigger it handed over finishes the job, and the sensor resumes with the video id.
+    events = await run_trigger(trigger)
+    assert [event["status"] for event in events] == ["success"]
+    assert waiting.execute_complete(context, events[0]) == video.id
+
+
+async def test_deferred_wait_past_its_timeout_fails_with_a_timeout(
+    octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=60)
+    waiting = sensor(video.id, deferrable=True, poke_interval=0.1, timeout=0.3)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        waiting.execute(context)
+    started = time.monotonic()
+    events = await run_trigger(deferred.value.trigger)
+
+    assert time.monotonic() - started < 2
+    assert [event["status"] for event in events] == ["timeout"]
+    # The same exception as a poke-mode timeout, so soft_fail and never_fail work alike.
+    with pytest.raises(AirflowSensorTimeout, match=video.id):
+        waiting.execute_complete(context, events[0])
+
+
+async def test_deferred_wait_for_a_failing_video_fails_with_its_code(
+    octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    octopusx_conn.fail_next(code="nsfw_blocked", message="Blocked by the safety system.")
+    video = submit(octopusx_conn, generation_seconds=0.6)
+    waiting = sensor(video.id, deferrable=True)
+
+    with pytest.raises(TaskDeferred) as deferred:
+        waiting.execute(context)
+    events = await run_trigger(deferred.value.trigger)
+
+    assert [event["status"] for event in events] == ["failed"]
+    with pytest.raises(VideoFailedError) as raised:
+        waiting.execute_complete(context, events[0])
+    assert (raised.value.video_id, raised.value.code) == (video.id, "nsfw_blocked")
+
+
+def test_deferrable_sensor_returns_a_completed_video_without_deferring(
+    octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=0)
+
+    assert sensor(video.id, deferrable=True).execute(context) == video.id
+
+    assert octopusx_conn.stats.gets == 1
+
+
+def test_execute_complete_success_returns_the_id(context: dict[str, Any]) -> None:
+    event = {"status": "success", "video_id": "video_123", "message": "completed", "progress": 100}
+
+    assert sensor("video_123", deferrable=True).execute_complete(context, event) == "video_123"
+
+
+def test_execute_complete_failed_raises_with_message_and_code(context: dict[str, Any]) -> None:
+    event = {"status": "failed", "video_id": "video_123", "message": "Blocked.", "code": "nsfw_blocked"}
+
+    with pytest.raises(
+        VideoFailedError, match=r"video_123 failed: Blocked\. \(code=nsfw_blocked\)"
+    ) as raised:
+        sensor("video_123", deferrable=True).execute_complete(context, event)
+
+    assert raised.value.code == "nsfw_blocked"
+
+
+def test_execute_complete_timeout_raises_with_the_deadline(context: dict[str, Any]) -> None:
+    event = {"status": "timeout", "video_id": "video_123", "deadline": 1767225600.0, "progress": 42}
+
+    with pytest.raises(
+        AirflowSensorTimeout, match=r"2026-01-01 00:00:00 UTC \(last progress 42%\)"
+    ) as raised:
+        sensor("video_123", deferrable=True).execute_complete(context, event)
+
+    assert isinstance(raised.value.__cause__, VideoTimeoutError)
+    assert raised.value.__cause__.video_id == "video_123"
+
+
+def test_execute_complete_error_raises_with_the_message(context: dict[str, Any]) -> None:
+    event = {"status": "error", "video_id": "video_123", "message": "gave up after 5 failed polls"}
+
+    with pytest.raises(OctopusXError, match=r"video_123.*gave up after 5 failed polls"):
+        sensor("video_123", deferrable=True).execute_complete(context, event)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [None, {}, {"status": "done", "video_id": "video_123"}, {"video_id": "video_123"}, {"status": None}],
+    ids=["none", "empty", "unknown-status", "no-status", "null-status"],
+)
+def test_execute_complete_refuses_garbage_events(event: Any, context: dict[str, Any]) -> None:
+    with pytest.raises(OctopusXError, match="Unexpected event"):
+        sensor("video_123", deferrable=True).execute_complete(context, event)
+
+
+# -- whole DAG runs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
+def test_dag_submit_then_sense(
+    deferrable: bool, octopusx_conn: Simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.dags.sensor_submit_then_sense import deferrable_dag, poke_dag
+
+    # Long enough that the sensor (started after the submit task's own start-up) finds it rendering.
+    octopusx_conn.configure(generation_seconds=1.0)
+
+    run = (deferrable_dag if deferrable else poke_dag).test()
+
+    assert run.state == "success"
+    submitted = xcom_values(run, "video_id")["submit_video"]
+    returned = xcom_values(run, "return_value")
+    assert returned == {"submit_video": submitted, "wait_for_video": submitted}
+    stats = octopusx_conn.stats
+    assert stats.posts == stats.videos_created == 1
+    assert stats.gets >= 2  # the sensor found the video still rendering at least once
+    deferred = [r for r in caplog.records if "running trigger in line" in r.getMessage()]
+    assert len(deferred) == (1 if deferrable else 0)
