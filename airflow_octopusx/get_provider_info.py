@@ -34,6 +34,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.triggers.octopusx"]}
         ],
+        "extra-links": ["airflow_octopusx.operators.octopusx.OctopusXVideoLink"],
         "connection-types": [
             {
                 "connection-type": "octopusx",

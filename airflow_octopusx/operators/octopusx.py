@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, ObjectStoragePath, conf
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    BaseOperator,
+    BaseOperatorLink,
+    ObjectStoragePath,
+    XCom,
+    conf,
+)
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest
@@ -22,6 +29,7 @@ from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_e
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
 
 _REQUEST_FIELDS = (
     "prompt",
@@ -47,6 +55,18 @@ def _known(value: Any) -> Any:
         known = {key: _known(item) for key, item in value.items()}
         return UNRENDERED if UNRENDERED in known.values() else known
     return value if isinstance(value, _PLAIN_TYPES) else UNRENDERED
+
+
+VIDEO_URL_XCOM_KEY = "video_url"
+
+
+class OctopusXVideoLink(BaseOperatorLink):
+    """Opens the finished MP4 from the task page; OctopusX's links are signed and expire after hours."""
+
+    name = "OctopusX video"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return XCom.get_value(ti_key=ti_key, key=VIDEO_URL_XCOM_KEY) or ""
 
 
 class SubmitVideoOperator(BaseOperator):
@@ -75,6 +95,7 @@ class SubmitVideoOperator(BaseOperator):
 
     template_fields: Sequence[str] = _REQUEST_FIELDS
     template_fields_renderers: ClassVar[dict[str, str]] = {"extra_body": "json", "images": "json"}
+    operator_extra_links = (OctopusXVideoLink(),)
     ui_color = "#7b4fd6"
 
     def __init__(
@@ -153,16 +174,18 @@ class SubmitVideoOperator(BaseOperator):
         if not video.is_finished:
             video = self.hook.wait_for_video(video.id, poll_interval=self.poll_interval, deadline=deadline)
         video.raise_if_failed()
-        return self._completed(video)
+        return self._completed(context, video)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         video_id = video_id_from_event(event)
-        self.log.info("Video %s completed", video_id)
-        return video_id
+        # The event carries no link (it is stored in the metadata DB); one look-up fetches a fresh one.
+        with self.hook:
+            return self._completed(context, self.hook.get_video(video_id))
 
-    def _completed(self, video: VideoTask) -> str:
+    def _completed(self, context: Context, video: VideoTask) -> str:
         host = urlsplit(video.video_url).hostname if video.video_url else "the API's /content download"
         self.log.info("Video %s completed; it can be fetched from %s", video.id, host)
+        context["ti"].xcom_push(key=VIDEO_URL_XCOM_KEY, value=video.video_url)
         return video.id
 
 

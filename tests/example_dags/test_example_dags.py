@@ -80,3 +80,7 @@ def test_example_runs_defers_and_stores_playable_mp4s(
     assert sorted(pushed.values()) == sorted(path.stem for path in stored)
     for task_id in deferring_tasks:
         assert returned[task_id] in pushed.values()
+    # A submit task that waited gets an "OctopusX video" extra link to the finished MP4.
+    links = xcom_values(run, "_link_OctopusXVideoLink")
+    for task_id in deferring_tasks & pushed.keys():
+        assert links[task_id].startswith(f"{octopusx_conn.cdn_url}/videos/{pushed[task_id]}.mp4?")

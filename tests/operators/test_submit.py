@@ -133,11 +133,19 @@ class TestExecute:
             operator(model="omni-ultra").execute(context)
         assert octopusx_conn.stats.posts == 1
 
-    def test_execute_complete_turns_events_into_results(self) -> None:
-        task = operator()
-        assert task.execute_complete({}, {"status": "success", "video_id": "video_1"}) == "video_1"
+    def test_execute_complete_returns_the_id_and_records_a_fresh_link(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0)
+        video_id = operator(wait_for_completion=False).execute(context)
+        assert operator().execute_complete(context, {"status": "success", "video_id": video_id}) == video_id
+        assert context["ti"].xcom["video_url"].startswith(f"{octopusx_conn.cdn_url}/videos/{video_id}.mp4?")
+
+    def test_execute_complete_raises_for_a_failed_video(self, context: dict[str, Any]) -> None:
         with pytest.raises(VideoFailedError, match="Video video_1 failed: nope"):
-            task.execute_complete({}, {"status": "failed", "video_id": "video_1", "message": "nope"})
+            operator().execute_complete(
+                context, {"status": "failed", "video_id": "video_1", "message": "nope"}
+            )
 
 
 @pytest.mark.usefixtures("airflow_db")
@@ -150,6 +158,9 @@ class TestDagRuns:
         assert run.state == "success"
         [video_id] = xcom_values(run, "video_id").values()
         assert xcom_values(run, "return_value") == {"submit": video_id}
+        # The task's "OctopusX video" extra link points at the finished MP4.
+        [link] = xcom_values(run, "_link_OctopusXVideoLink").values()
+        assert link.startswith(f"{octopusx_conn.cdn_url}/videos/{video_id}.mp4?")
         assert octopusx_conn.stats.posts == 1
 
     def test_templates_render_then_validate(
