@@ -231,8 +231,9 @@ def test_dag_submit_then_sense(
 ) -> None:
     from tests.dags.sensor_submit_then_sense import deferrable_dag, poke_dag
 
-    # Long enough that the sensor (started after the submit task's own start-up) finds it rendering.
-    octopusx_conn.configure(generation_seconds=1.0)
+    # Long enough that the sensor, which starts after the submit task's own start-up (seconds on a busy
+    # machine or an older Airflow), still finds the video rendering.
+    octopusx_conn.configure(generation_seconds=4.0)
 
     run = (deferrable_dag if deferrable else poke_dag).test()
 
