@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -251,6 +253,11 @@ class VideoRequest:
             body["images"] = list(self.images)
         body.update(self.extra_body)
         return body
+
+    def fingerprint(self) -> str:
+        """A digest of the body, to tell whether a retry still asks for the same video."""
+        body = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
 
     def describe(self) -> str:
         """A one-line summary for task logs, without image payloads."""

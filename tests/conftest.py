@@ -29,6 +29,10 @@ import json  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
+from airflow import __version__ as AIRFLOW_VERSION  # noqa: E402
+from packaging.version import Version  # noqa: E402
+
+AIRFLOW_3_3 = Version(AIRFLOW_VERSION) >= Version("3.3")
 
 if TYPE_CHECKING:
     from airflow_octopusx.simulator import Simulator
@@ -69,9 +73,22 @@ class RecordingTaskInstance:
         self.xcom[key] = value
 
 
+class MemoryTaskStateStore:
+    """Stands in for Airflow 3.3's ``context["task_state_store"]``, which outlives a task's tries."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+
 @pytest.fixture
 def context() -> dict[str, Any]:
-    return {"ti": RecordingTaskInstance()}
+    return {"ti": RecordingTaskInstance(), "task_state_store": MemoryTaskStateStore()}
 
 
 def xcom_values(run: Any, key: str) -> dict[str, Any]:

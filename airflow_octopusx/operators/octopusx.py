@@ -22,7 +22,7 @@ from airflow.providers.common.compat.sdk import (
 )
 from fsspec.implementations.local import LocalFileSystem
 
-from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest
+from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest, NotFoundError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import DEFAULT_MODEL, UNRENDERED, VideoRequest, VideoTask, check_video_id
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
@@ -58,6 +58,8 @@ def _known(value: Any) -> Any:
 
 
 VIDEO_URL_XCOM_KEY = "video_url"
+#: Task state store key under which a submitted video id survives between tries.
+SUBMISSION_STATE_KEY = "octopusx_submission"
 
 
 class OctopusXVideoLink(BaseOperatorLink):
@@ -150,12 +152,8 @@ class SubmitVideoOperator(BaseOperator):
             return self._submit_and_wait(context, request)
 
     def _submit_and_wait(self, context: Context, request: VideoRequest) -> str:
-        try:
-            video = self.hook.submit_video(request)
-        except BadRequestError as error:
-            raise AirflowFailException(f"OctopusX refused the request: {error}") from error
+        video = self._submit_or_resume(context, request)
         context["ti"].xcom_push(key="video_id", value=video.id)
-        self.log.info("Submitted video %s (%s)", video.id, request.describe())
         if not self.wait_for_completion:
             return video.id
 
@@ -175,6 +173,50 @@ class SubmitVideoOperator(BaseOperator):
             video = self.hook.wait_for_video(video.id, poll_interval=self.poll_interval, deadline=deadline)
         video.raise_if_failed()
         return self._completed(context, video)
+
+    def _submit_or_resume(self, context: Context, request: VideoRequest) -> VideoTask:
+        """Submit, unless an earlier try of this task instance already did: videos are paid per submission.
+
+        The id is kept in Airflow's task state store (3.3+), which, unlike XCom, survives between tries.
+        A retry resumes that video unless it failed or the request has changed since.
+        """
+        store = context.get("task_state_store")
+        fingerprint = request.fingerprint()
+        if store is not None:
+            earlier = store.get(SUBMISSION_STATE_KEY)
+            if isinstance(earlier, dict) and earlier.get("request") == fingerprint:
+                video = self._resumable(str(earlier["video_id"]))
+                if video is not None:
+                    return video
+        else:
+            self.log.warning(
+                "This Airflow has no task state store (it arrived in 3.3): a retry of this task will submit "
+                "a new video instead of resuming this one."
+            )
+        try:
+            video = self.hook.submit_video(request)
+        except BadRequestError as error:
+            raise AirflowFailException(f"OctopusX refused the request: {error}") from error
+        if store is not None:
+            store.set(SUBMISSION_STATE_KEY, {"video_id": video.id, "request": fingerprint})
+        self.log.info("Submitted video %s (%s)", video.id, request.describe())
+        return video
+
+    def _resumable(self, video_id: str) -> VideoTask | None:
+        try:
+            video = self.hook.get_video(video_id)
+        except NotFoundError:
+            self.log.warning(
+                "Video %s from an earlier try is unknown to OctopusX; submitting again", video_id
+            )
+            return None
+        if video.is_failed:
+            self.log.info("Video %s from an earlier try failed; submitting a new one", video_id)
+            return None
+        self.log.info(
+            "Resuming video %s from an earlier try (%s) instead of submitting again", video_id, video.status
+        )
+        return video
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         video_id = video_id_from_event(event)

@@ -27,3 +27,13 @@ with DAG(
         deferrable=True,
         poll_interval=0.1,
     )
+
+with DAG("octopusx_test_submit_retry", schedule=None, start_date=START) as retried:
+    SubmitVideoOperator(
+        task_id="submit",
+        prompt="A hot-air balloon over vineyards",
+        deferrable=False,
+        poll_interval=0.1,
+        retries=2,
+        retry_delay=0,
+    )

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 
-from airflow_octopusx.exceptions import VideoFailedError, VideoTimeoutError
+from airflow_octopusx.exceptions import ServerError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.operators.octopusx import SubmitVideoOperator
-from airflow_octopusx.simulator import Simulator
+from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
-from tests.conftest import load_dags, xcom_values
+from tests.conftest import AIRFLOW_3_3, RecordingTaskInstance, load_dags, xcom_values
 
 
 def operator(**kwargs: Any) -> SubmitVideoOperator:
@@ -148,6 +148,55 @@ class TestExecute:
             )
 
 
+class TestResumeOnRetry:
+    """A retry of the same task instance resumes the video an earlier try submitted: it is paid per POST."""
+
+    def fail_after_submit(self, simulator: Simulator, context: dict[str, Any], **kwargs: Any) -> str:
+        # Every poll of the first try fails, after the submission was accepted.
+        simulator.inject(Fault(route="GET /v1/videos/{id}", status=500, times=5))
+        with pytest.raises(ServerError):
+            operator(deferrable=False, poll_interval=0.05, **kwargs).execute(context)
+        return str(context["ti"].xcom["video_id"])
+
+    def test_a_retry_resumes_the_submitted_video(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0.3)
+        first = self.fail_after_submit(octopusx_conn, context)
+        retry = {**context, "ti": RecordingTaskInstance()}  # XCom does not survive between tries
+        assert operator(deferrable=False, poll_interval=0.05).execute(retry) == first
+        assert retry["ti"].xcom["video_id"] == first
+        assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 1
+
+    def test_a_video_that_failed_is_submitted_again(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0.2)
+        octopusx_conn.fail_next()
+        with pytest.raises(VideoFailedError):
+            operator(deferrable=False, poll_interval=0.05).execute(context)
+        second = operator(deferrable=False, poll_interval=0.05).execute(
+            {**context, "ti": RecordingTaskInstance()}
+        )
+        assert second != context["ti"].xcom["video_id"]
+        assert octopusx_conn.stats.videos_created == 2
+
+    def test_a_changed_request_is_submitted_again(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0.3)
+        first = self.fail_after_submit(octopusx_conn, context)
+        retry = {**context, "ti": RecordingTaskInstance()}
+        assert operator(prompt="Another prompt", deferrable=False, poll_interval=0.05).execute(retry) != first
+        assert octopusx_conn.stats.videos_created == 2
+
+    def test_without_a_state_store_each_try_submits(self, octopusx_conn: Simulator) -> None:
+        octopusx_conn.configure(generation_seconds=0)
+        for _ in range(2):
+            operator(deferrable=False).execute({"ti": RecordingTaskInstance()})
+        assert octopusx_conn.stats.videos_created == 2
+
+
 @pytest.mark.usefixtures("airflow_db")
 class TestDagRuns:
     def test_waiting_in_the_worker(self, octopusx_conn: Simulator) -> None:
@@ -162,6 +211,17 @@ class TestDagRuns:
         [link] = xcom_values(run, "_link_OctopusXVideoLink").values()
         assert link.startswith(f"{octopusx_conn.cdn_url}/videos/{video_id}.mp4?")
         assert octopusx_conn.stats.posts == 1
+
+    @pytest.mark.skipif(not AIRFLOW_3_3, reason="the task state store arrived in Airflow 3.3")
+    def test_airflow_retries_resume_the_same_video(self, octopusx_conn: Simulator) -> None:
+        from tests.dags.submit_scenarios import retried
+
+        octopusx_conn.configure(generation_seconds=0.3)
+        octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", status=500, times=5))  # fails try 1
+        run = retried.test()
+        assert run.state == "success"
+        assert run.get_task_instance("submit").try_number == 2
+        assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 1
 
     def test_templates_render_then_validate(
         self, octopusx_conn: Simulator, capsys: pytest.CaptureFixture[str]
