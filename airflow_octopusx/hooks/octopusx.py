@@ -28,6 +28,7 @@ from airflow_octopusx.exceptions import (
     VideoDownloadError,
     VideoTimeoutError,
 )
+from airflow_octopusx.hooks.download import Mp4Sink, announced_total
 from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
 from airflow_octopusx.models import VideoRequest, VideoTask
 
@@ -221,47 +222,84 @@ class OctopusXHook(BaseHook):
                 raise VideoTimeoutError(video_id, deadline, video.progress)
             time.sleep(min(poll_interval, remaining))
 
-    def download_video(self, video_id: str, file: IO[bytes], *, chunk_size: int = DOWNLOAD_CHUNK_SIZE) -> int:
-        """Stream the finished MP4 into ``file`` and return the byte count.
+    def download_video(
+        self,
+        video_id: str,
+        file: IO[bytes],
+        *,
+        chunk_size: int = DOWNLOAD_CHUNK_SIZE,
+        max_bytes: int | None = None,
+    ) -> int:
+        """Stream the finished MP4 into ``file`` and return its size; nothing is buffered whole.
 
-        The video is looked up afresh for a new signed ``video_url``; when it is empty or the CDN refuses
-        it, the authenticated ``/v1/videos/{id}/content`` proxy is used. Nothing is buffered whole.
+        Each attempt looks the video up afresh for a new signed ``video_url``. A refused link is asked for
+        once more, then the authenticated ``/v1/videos/{id}/content`` proxy is used (also when the link is
+        empty). A transfer cut short resumes with a ``Range`` request, or starts over if the server cannot.
         """
-        video = self.get_video(video_id)
-        video.raise_if_failed()
-        if not video.is_completed:
-            raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
-        sources = [video.video_url] if _is_http_url(video.video_url) else []
-        if video.video_url and not sources:
-            self.log.warning("Ignoring a video_url that is not http(s) for video %s", video_id)
-        sources.append(f"{_video_path(video_id)}/content")
-        for source in sources:
-            with contextlib.closing(self._open_download(video_id, source)) as response:
-                if response.status_code in _EXPIRED_LINK_STATUSES and source is not sources[-1]:
-                    self.log.info(
-                        "Signed link for video %s was refused (HTTP %d); using the API's /content download",
-                        video_id,
-                        response.status_code,
-                    )
-                    continue
-                _checked(response, video_id, stream=True)
-                return _copy_mp4(video_id, response, file, chunk_size)
-        raise AssertionError("unreachable: the last source either returns or raises")
+        sink = Mp4Sink(video_id, file, max_bytes)
+        refused_links = 0
+        for attempt in range(1, self.retry_policy.max_attempts + 1):
+            video = self.get_video(video_id)
+            video.raise_if_failed()
+            if not video.is_completed:
+                raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
+            use_link = _is_http_url(video.video_url) and refused_links < 2
+            source = video.video_url if use_link else f"{_video_path(video_id)}/content"
+            try:
+                self._transfer(source, sink, chunk_size)
+                return sink.finish()
+            except _LinkRefused as refused:
+                refused_links += 1
+                self.log.info(
+                    "The signed link of video %s was refused (HTTP %d); %s",
+                    video_id,
+                    refused.status_code,
+                    "asking for a fresh one" if refused_links == 1 else "using the API's /content download",
+                )
+            except OctopusXError as error:
+                if attempt == self.retry_policy.max_attempts or not self.retry_policy.is_retryable(
+                    error, idempotent=True
+                ):
+                    raise
+                delay = self.retry_policy.delay(attempt, error)
+                self.log.warning(
+                    "Download of video %s interrupted at %d bytes (%s); resuming in %.1f s",
+                    video_id,
+                    sink.written,
+                    error,
+                    delay,
+                )
+                time.sleep(delay)
+        raise VideoDownloadError(video_id, f"gave up after {self.retry_policy.max_attempts} attempts")
 
-    def _open_download(self, video_id: str, url: str) -> httpx.Response:
-        """Open a streamed GET, retrying until headers arrive; the body is read by the caller."""
-        what = f"download of video {video_id}"
-        for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=what)):
-            with attempt:
-                try:
-                    response = self.client.send(self.client.build_request("GET", url), stream=True)
-                except httpx.TransportError as error:
-                    raise _transport_error(error, what) from error
-                if response.status_code == 429 or response.status_code >= 500:
-                    response.close()
-                    _checked(response, video_id, stream=True)
-                return response
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+    def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int) -> None:
+        """One GET of the video into ``sink``, from where the last attempt stopped."""
+        headers = {"Range": f"bytes={sink.written}-"} if sink.written else {}
+        request = self.client.build_request("GET", url, headers=headers)
+        what = f"download of video {sink.video_id}"
+        try:
+            response = self.client.send(request, stream=True)
+        except httpx.TransportError as error:
+            raise _transport_error(error, what) from error
+        with contextlib.closing(response):
+            if response.status_code in _EXPIRED_LINK_STATUSES and not self.endpoint.is_api_origin(
+                request.url
+            ):
+                raise _LinkRefused(response.status_code)
+            _checked(response, sink.video_id, stream=True)
+            if response.status_code != 206:
+                sink.restart()  # a full answer: the server ignored or could not honour the Range
+            total = announced_total(response, sink.written)
+            sink.check_size(total)
+            try:
+                for chunk in response.iter_bytes(chunk_size):
+                    sink.write(chunk)
+            except httpx.TransportError as error:
+                raise TransportError(
+                    f"{what} broke after {sink.written} bytes: {error}", request_sent=True
+                ) from error
+        if total is not None and sink.written != total:
+            raise TransportError(f"{what} ended at {sink.written} of {total} bytes", request_sent=True)
 
     def test_connection(self) -> tuple[bool, str]:
         """Check URL and key by asking for a video id that cannot exist: a 404 proves both, for free."""
@@ -275,6 +313,14 @@ class OctopusXHook(BaseHook):
             return False, f"Could not reach {self.endpoint.base_url}: {error}"
         except OctopusXError as error:
             return False, str(error)
+
+
+class _LinkRefused(Exception):
+    """The CDN refused a signed link (expired or revoked); a fresh link or /content will do."""
+
+    def __init__(self, status_code: int) -> None:
+        super().__init__(status_code)
+        self.status_code = status_code
 
 
 def _video_from(response: httpx.Response, video_id: str | None = None) -> VideoTask:
@@ -354,26 +400,3 @@ def _submission_transport_error(error: httpx.TransportError) -> TransportError:
         "again; look for it among your recent videos before submitting once more.",
         request_sent=True,
     )
-
-
-def _copy_mp4(video_id: str, response: httpx.Response, file: IO[bytes], chunk_size: int) -> int:
-    """Copy the body chunk by chunk, checking the MP4 signature and the announced length."""
-    written = 0
-    head = b""
-    try:
-        for chunk in response.iter_bytes(chunk_size):
-            if len(head) < 8:
-                head += chunk[: 8 - len(head)]
-                if len(head) == 8 and head[4:8] != b"ftyp":
-                    raise VideoDownloadError(video_id, "the body is not an MP4 (no 'ftyp' box at the start)")
-            file.write(chunk)
-            written += len(chunk)
-    except httpx.TransportError as error:
-        raise VideoDownloadError(video_id, f"transfer broke after {written} bytes: {error}") from error
-    if len(head) < 8:
-        raise VideoDownloadError(video_id, f"the body is only {written} bytes, too short for an MP4")
-    expected = response.headers.get("content-length")
-    # With a Content-Encoding the header counts encoded bytes, which iter_bytes has already decoded.
-    if expected is not None and "content-encoding" not in response.headers and int(expected) != written:
-        raise VideoDownloadError(video_id, f"received {written} bytes of the announced {expected}")
-    return written

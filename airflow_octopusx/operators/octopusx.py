@@ -58,6 +58,8 @@ def _known(value: Any) -> Any:
 
 
 VIDEO_URL_XCOM_KEY = "video_url"
+# Generous for a 30 s 4K clip, small enough to stop a runaway or hostile response filling a disk.
+DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 #: Task state store key under which a submitted video id survives between tries.
 SUBMISSION_STATE_KEY = "octopusx_submission"
 
@@ -243,6 +245,7 @@ class DownloadVideoOperator(BaseOperator):
     :param destination_conn_id: connection for the destination's object store (e.g. ``aws_default``).
     :param overwrite: replace an existing file instead of failing.
     :param octopusx_conn_id: the ``octopusx`` connection.
+    :param max_bytes: refuse a video larger than this, before or while it downloads (``None``: no cap).
     :return: the destination URI.
     """
 
@@ -257,6 +260,7 @@ class DownloadVideoOperator(BaseOperator):
         destination_conn_id: str | None = None,
         overwrite: bool = False,
         octopusx_conn_id: str = OctopusXHook.default_conn_name,
+        max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -265,6 +269,7 @@ class DownloadVideoOperator(BaseOperator):
         self.destination_conn_id = destination_conn_id
         self.overwrite = overwrite
         self.octopusx_conn_id = octopusx_conn_id
+        self.max_bytes = max_bytes
 
     def execute(self, context: Context) -> str:
         try:
@@ -279,7 +284,7 @@ class DownloadVideoOperator(BaseOperator):
         started = time.monotonic()
         try:
             with OctopusXHook(self.octopusx_conn_id) as hook, partial.open("wb") as file:
-                size = hook.download_video(self.video_id, file)
+                size = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
             self._publish(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)

@@ -243,23 +243,54 @@ class TestDownload:
         assert sink.getvalue() == sample_mp4()
         assert (octopusx_conn.stats.cdn_gets, octopusx_conn.stats.content_gets) == (0, 1)
 
-    def test_a_refused_signed_link_falls_back_to_the_content_proxy(
-        self, hook: OctopusXHook, octopusx_conn: Simulator
+    @pytest.mark.parametrize(
+        ("refusals", "cdn_gets", "content_gets", "video_gets"),
+        [(1, 2, 0, 3), (2, 2, 1, 4)],
+        ids=["fresh-link", "content-proxy"],
+    )
+    def test_a_refused_signed_link_is_renewed_then_replaced_by_the_content_proxy(
+        self,
+        hook: OctopusXHook,
+        octopusx_conn: Simulator,
+        refusals: int,
+        cdn_gets: int,
+        content_gets: int,
+        video_gets: int,
     ) -> None:
         video = hook.submit_video(REQUEST)
         wait_completed(hook, video.id)
-        octopusx_conn.inject(Fault(route="GET cdn", status=403))
+        octopusx_conn.inject(Fault(route="GET cdn", status=403, times=refusals))
+        before = octopusx_conn.stats.gets
         sink = io.BytesIO()
         hook.download_video(video.id, sink)
         assert sink.getvalue() == sample_mp4()
-        assert (octopusx_conn.stats.cdn_gets, octopusx_conn.stats.content_gets) == (1, 1)
+        stats = octopusx_conn.stats
+        assert (stats.cdn_gets, stats.content_gets) == (cdn_gets, content_gets)
+        assert stats.gets - before == video_gets - 1  # the video is looked up afresh for every attempt
 
-    def test_a_cut_transfer_is_an_error(self, hook: OctopusXHook, octopusx_conn: Simulator) -> None:
+    @pytest.mark.parametrize("route", ["GET cdn", "GET /v1/videos/{id}/content"])
+    def test_a_cut_transfer_resumes_where_it_stopped(
+        self, hook: OctopusXHook, octopusx_conn: Simulator, route: str
+    ) -> None:
+        octopusx_conn.configure(video_size_bytes=3 * 1024 * 1024, empty_video_url=route != "GET cdn")
         video = hook.submit_video(REQUEST)
         wait_completed(hook, video.id)
-        octopusx_conn.inject(Fault(route="GET cdn", kind="truncate"))
-        with pytest.raises(VideoDownloadError, match=video.id):
-            hook.download_video(video.id, io.BytesIO())
+        octopusx_conn.inject(Fault(route=route, kind="truncate"))
+        sink = io.BytesIO()
+        assert hook.download_video(video.id, sink) == 3 * 1024 * 1024
+        assert sink.getvalue().startswith(sample_mp4())
+        assert octopusx_conn.stats.cdn_gets + octopusx_conn.stats.content_gets == 2
+
+    def test_a_video_over_the_size_cap_is_refused_before_its_body_is_read(
+        self, hook: OctopusXHook, octopusx_conn: Simulator
+    ) -> None:
+        octopusx_conn.configure(video_size_bytes=5 * 1024 * 1024)
+        video = hook.submit_video(REQUEST)
+        wait_completed(hook, video.id)
+        sink = io.BytesIO()
+        with pytest.raises(VideoDownloadError, match="over the cap of 1048576"):
+            hook.download_video(video.id, sink, max_bytes=1024 * 1024)
+        assert sink.getvalue() == b""
 
     def test_an_unfinished_video_cannot_be_downloaded(
         self, hook: OctopusXHook, octopusx_conn: Simulator

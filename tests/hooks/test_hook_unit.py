@@ -8,7 +8,7 @@ from __future__ import annotations
 import email.utils
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -52,7 +52,7 @@ def error_body(message: str, code: str, kind: str = "invalid_request_error") -> 
 class Recorder:
     """A MockTransport handler that answers from a script and keeps every request."""
 
-    def __init__(self, *answers: httpx.Response | Exception) -> None:
+    def __init__(self, *answers: httpx.Response | Exception | Callable[[], httpx.Response]) -> None:
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
 
@@ -61,7 +61,7 @@ class Recorder:
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return answer() if callable(answer) else answer
 
 
 VIDEO = {"id": "video_1", "task_id": "video_1", "status": "in_progress", "progress": 40}
@@ -246,18 +246,76 @@ def test_downloads_are_checked_for_the_mp4_signature(body: bytes, problem: str) 
         make_hook(recorder).download_video("video_1", io.BytesIO())
 
 
-def test_a_short_body_against_content_length_is_refused() -> None:
+def test_a_body_shorter_than_its_content_length_is_fetched_again() -> None:
     mp4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16
+    short = httpx.Response(200, content=mp4, headers={"Content-Length": str(len(mp4) + 10)})
+    recorder = Recorder(httpx.Response(200, json=COMPLETED), short, httpx.Response(200, json=COMPLETED), mp4)
+    recorder.answers[-1] = lambda: httpx.Response(200, content=mp4)
+    sink = io.BytesIO()
+    assert make_hook(recorder).download_video("video_1", sink) == len(mp4)
+    assert sink.getvalue() == mp4
+
+
+class CutStream(httpx.SyncByteStream):
+    """A body that breaks after ``cut`` bytes, as a dropped connection does."""
+
+    def __init__(self, body: bytes, cut: int) -> None:
+        self.body, self.cut = body, cut
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.body[: self.cut]
+        raise httpx.ReadError("connection reset by peer")
+
+
+MP4 = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
+COMPLETED = {"id": "video_1", "status": "completed", "video_url": "https://cdn.test/v.mp4"}
+
+
+def cut_answer() -> httpx.Response:
+    return httpx.Response(200, headers={"Content-Length": str(len(MP4))}, stream=CutStream(MP4, 100))
+
+
+def test_a_cut_transfer_resumes_with_a_range_request() -> None:
     recorder = Recorder(
+        httpx.Response(200, json=COMPLETED),
+        cut_answer(),
+        httpx.Response(200, json=COMPLETED),
         httpx.Response(
-            200, json={"id": "video_1", "status": "completed", "video_url": "https://cdn.test/v.mp4"}
+            206, content=MP4[100:], headers={"Content-Range": f"bytes 100-{len(MP4) - 1}/{len(MP4)}"}
         ),
-        httpx.Response(200, content=mp4, headers={"Content-Length": str(len(mp4) + 10)}),
     )
-    with pytest.raises(
-        VideoDownloadError, match=f"received {len(mp4)} bytes of the announced {len(mp4) + 10}"
-    ):
+    sink = io.BytesIO()
+    # Small chunks, so the 100 bytes before the cut reach the file rather than a half-filled chunk.
+    assert make_hook(recorder).download_video("video_1", sink, chunk_size=20) == len(MP4)
+    assert sink.getvalue() == MP4
+    assert recorder.requests[3].headers["Range"] == "bytes=100-"
+
+
+def test_a_server_that_ignores_range_gets_a_clean_restart() -> None:
+    recorder = Recorder(
+        httpx.Response(200, json=COMPLETED),
+        cut_answer(),
+        httpx.Response(200, json=COMPLETED),
+        httpx.Response(200, content=MP4),
+    )
+    sink = io.BytesIO()
+    assert make_hook(recorder).download_video("video_1", sink, chunk_size=20) == len(MP4)
+    assert sink.getvalue() == MP4
+    assert recorder.requests[3].headers["Range"] == "bytes=100-"
+
+
+def test_a_body_growing_past_the_cap_is_stopped() -> None:
+    unannounced = httpx.ByteStream(MP4)  # no Content-Length to check up front
+    recorder = Recorder(httpx.Response(200, json=COMPLETED), httpx.Response(200, stream=unannounced))
+    with pytest.raises(VideoDownloadError, match="over the cap of 500"):
+        make_hook(recorder).download_video("video_1", io.BytesIO(), max_bytes=500)
+
+
+def test_a_download_gives_up_after_the_attempt_budget() -> None:
+    recorder = Recorder(*[lambda: httpx.Response(200, json=COMPLETED), cut_answer] * FAST.max_attempts)
+    with pytest.raises(TransportError, match="broke after"):
         make_hook(recorder).download_video("video_1", io.BytesIO())
+    assert len(recorder.requests) == 2 * FAST.max_attempts
 
 
 def test_video_ids_are_escaped_in_paths() -> None:

@@ -16,7 +16,7 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow.sdk import ObjectStoragePath
 
-from airflow_octopusx.exceptions import OctopusXError, VideoDownloadError, VideoFailedError
+from airflow_octopusx.exceptions import OctopusXError, TransportError, VideoDownloadError, VideoFailedError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import DownloadVideoOperator
@@ -215,7 +215,32 @@ def test_large_video_arrives_whole_and_only_ever_appears_complete(
     [("GET cdn", False), ("GET /v1/videos/{id}/content", True)],
     ids=["cdn", "content"],
 )
-def test_truncated_transfer_fails_and_leaves_nothing_behind(
+def test_a_cut_transfer_resumes_to_the_exact_bytes(
+    route: str, empty_video_url: bool, octopusx_conn: Simulator, context: dict[str, Any], tmp_path: Path
+) -> None:
+    size = 4 * 1024 * 1024
+    octopusx_conn.configure(
+        generation_seconds=GENERATION_SECONDS, video_size_bytes=size, empty_video_url=empty_video_url
+    )
+    video_id = submit(octopusx_conn).id
+    octopusx_conn.inject(Fault(route=route, kind="truncate"))
+    folder = tmp_path / "out"
+
+    download(video_id, f"{folder}/", context)
+
+    stored = (folder / f"{video_id}.mp4").read_bytes()
+    assert len(stored) == size
+    assert stored.startswith(sample_mp4())
+    assert octopusx_conn.stats.faults_fired == 1
+    assert files_under(tmp_path) == [f"out/{video_id}.mp4"]
+
+
+@pytest.mark.parametrize(
+    ("route", "empty_video_url"),
+    [("GET cdn", False), ("GET /v1/videos/{id}/content", True)],
+    ids=["cdn", "content"],
+)
+def test_a_transfer_cut_every_time_fails_and_leaves_nothing_behind(
     route: str, empty_video_url: bool, octopusx_conn: Simulator, context: dict[str, Any], tmp_path: Path
 ) -> None:
     octopusx_conn.configure(
@@ -224,31 +249,32 @@ def test_truncated_transfer_fails_and_leaves_nothing_behind(
         empty_video_url=empty_video_url,
     )
     video_id = submit(octopusx_conn).id
-    octopusx_conn.inject(Fault(route=route, kind="truncate"))
+    octopusx_conn.inject(Fault(route=route, kind="truncate", times=100))
     folder = tmp_path / "out"
 
-    with pytest.raises(VideoDownloadError, match="transfer broke") as raised:
+    with pytest.raises(TransportError, match="broke after"):
         download(video_id, f"{folder}/", context)
 
-    assert raised.value.video_id == video_id
-    assert octopusx_conn.stats.faults_fired == 1
+    assert octopusx_conn.stats.faults_fired == 5  # the hook's attempt budget
     assert files_under(tmp_path) == []
 
 
 @pytest.mark.parametrize(
-    ("settings", "fault", "cdn_gets"),
+    ("settings", "fault", "cdn_gets", "content_gets"),
     [
-        ({"empty_video_url": True}, None, 0),
-        ({"url_ttl_seconds": 0}, None, 1),
-        ({}, Fault(route="GET cdn", status=403), 1),
-        ({}, Fault(route="GET cdn", status=410), 1),
+        ({"empty_video_url": True}, None, 0, 1),
+        ({"url_ttl_seconds": 0}, None, 2, 1),
+        ({}, Fault(route="GET cdn", status=403), 2, 0),
+        ({}, Fault(route="GET cdn", status=410), 2, 0),
+        ({}, Fault(route="GET cdn", status=403, times=2), 2, 1),
     ],
-    ids=["empty-video-url", "expired-signed-link", "cdn-403", "cdn-410"],
+    ids=["empty-video-url", "expired-signed-link", "cdn-403-once", "cdn-410-once", "cdn-403-twice"],
 )
-def test_falls_back_to_the_content_endpoint(
+def test_a_refused_link_is_renewed_then_replaced_by_the_content_endpoint(
     settings: dict[str, Any],
     fault: Fault | None,
     cdn_gets: int,
+    content_gets: int,
     octopusx_conn: Simulator,
     context: dict[str, Any],
     tmp_path: Path,
@@ -265,7 +291,7 @@ def test_falls_back_to_the_content_endpoint(
     assert result == target.as_uri()
     assert target.read_bytes() == sample_mp4()
     after = octopusx_conn.stats
-    assert after.content_gets - before.content_gets == 1
+    assert after.content_gets - before.content_gets == content_gets
     assert after.cdn_gets - before.cdn_gets == cdn_gets
     assert files_under(tmp_path) == [target.name]
 
