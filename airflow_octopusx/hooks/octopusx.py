@@ -30,10 +30,14 @@ from airflow_octopusx.exceptions import (
 )
 from airflow_octopusx.hooks.download import Mp4Sink, announced_total
 from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
+from airflow_octopusx.hooks.shared_clients import SharedAsyncClients
 from airflow_octopusx.models import VideoRequest, VideoTask
 
 DEFAULT_BASE_URL = "https://octopusx.ai"
 DOWNLOAD_CHUNK_SIZE = 1024 * 1024
+# Connections of the async client that every trigger of one event loop shares: a poll is one short GET,
+# so a handful of keep-alive connections serve a thousand waiting videos.
+ASYNC_MAX_CONNECTIONS = 8
 # A CDN answers these when a signed link has expired or was revoked; the API's /content proxy still works.
 _EXPIRED_LINK_STATUSES = frozenset({401, 403, 404, 410})
 _ERROR_CLASSES: dict[int, type[APIError]] = {
@@ -117,6 +121,7 @@ class OctopusXHook(BaseHook):
         self._endpoint: ApiEndpoint | None = None
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
+        self._shared_clients: SharedAsyncClients | None = None
 
     # -- connection and clients -------------------------------------------------------------------
 
@@ -154,15 +159,25 @@ class OctopusXHook(BaseHook):
         self.close()
 
     async def __aenter__(self) -> OctopusXHook:
-        """Open the async client; the connection is resolved with Airflow's async API, never blocking."""
-        if self._endpoint is None:
-            self._endpoint = ApiEndpoint.from_connection(await self.aget_connection(self.octopusx_conn_id))
-        self._async_client = httpx.AsyncClient(**self._client_options(self._endpoint))
+        """Join this event loop's shared client for the connection, opening it if it is the first."""
+        self._shared_clients = SharedAsyncClients.for_running_loop()
+        self._endpoint, self._async_client = await self._shared_clients.acquire(
+            self.octopusx_conn_id, self._open_async_client
+        )
         return self
 
+    async def _open_async_client(self) -> tuple[ApiEndpoint, httpx.AsyncClient]:
+        # Airflow's async connection API: no blocking database or secrets-backend call in the loop.
+        endpoint = ApiEndpoint.from_connection(await self.aget_connection(self.octopusx_conn_id))
+        limits = httpx.Limits(
+            max_connections=ASYNC_MAX_CONNECTIONS, max_keepalive_connections=ASYNC_MAX_CONNECTIONS
+        )
+        return endpoint, httpx.AsyncClient(**self._client_options(endpoint), limits=limits)
+
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._async_client is not None:
-            await self._async_client.aclose()
+        if self._shared_clients is not None:
+            await self._shared_clients.release(self.octopusx_conn_id)
+            self._shared_clients = None
             self._async_client = None
 
     # -- API calls ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
@@ -79,6 +80,9 @@ class VideoTaskTrigger(BaseTrigger):
         """Poll until there is something to report, and return that one event's payload."""
         last: VideoTask | None = None
         poll_errors = 0
+        # Triggers deferred together would poll in lock-step; the first poll lands anywhere in one
+        # interval (the deferring task has just checked the video anyway), the rest drift apart.
+        await asyncio.sleep(random.uniform(0, max(0.0, min(self.poll_interval, self.deadline - time.time()))))
         while True:
             try:
                 video = await hook.aget_video(self.video_id)
@@ -101,7 +105,7 @@ class VideoTaskTrigger(BaseTrigger):
             remaining = self.deadline - time.time()
             if remaining <= 0:
                 return self._event("timeout", "deadline passed", last)
-            await asyncio.sleep(min(self.poll_interval, remaining))
+            await asyncio.sleep(min(self.poll_interval * random.uniform(0.9, 1.1), remaining))
 
     def _event(
         self, status: str, message: str, video: VideoTask | None, code: str | None = None

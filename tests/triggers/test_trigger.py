@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
-from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.hooks.octopusx import ASYNC_MAX_CONNECTIONS, OctopusXHook
+from airflow_octopusx.hooks.shared_clients import SharedAsyncClients
 from airflow_octopusx.models import VideoRequest
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
@@ -154,3 +156,51 @@ async def test_persistent_errors_end_with_an_error_event(octopusx_conn: Simulato
 def test_unknown_events_are_refused(event: dict[str, Any] | None) -> None:
     with pytest.raises(OctopusXError, match="Unexpected event"):
         video_id_from_event(event)
+
+
+async def test_triggers_in_one_loop_share_one_client_and_one_connection_lookup(
+    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video_ids = [submit(octopusx_conn, generation_seconds=0.6) for _ in range(50)]
+    lookups = 0
+    real_lookup = OctopusXHook.aget_connection
+
+    async def counting_lookup(conn_id: str) -> Any:
+        nonlocal lookups
+        lookups += 1
+        return await real_lookup(conn_id)
+
+    monkeypatch.setattr(OctopusXHook, "aget_connection", staticmethod(counting_lookup))
+    connections_before = octopusx_conn.stats.api_connections
+
+    events = await asyncio.gather(
+        *(events_of(trigger_for(video_id, poll_interval=0.2)) for video_id in video_ids)
+    )
+
+    assert [event["status"] for [event] in events] == ["success"] * 50
+    assert lookups == 1
+    assert octopusx_conn.stats.api_connections - connections_before <= ASYNC_MAX_CONNECTIONS
+    assert SharedAsyncClients.for_running_loop().open_clients() == 0  # closed with the last trigger
+
+
+async def test_first_polls_are_spread_over_the_interval(
+    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video_ids = [submit(octopusx_conn, generation_seconds=60) for _ in range(20)]
+    first_polls: dict[str, float] = {}
+    real_poll = OctopusXHook.aget_video
+
+    async def timed_poll(hook: OctopusXHook, video_id: str) -> Any:
+        first_polls.setdefault(video_id, time.monotonic())
+        return await real_poll(hook, video_id)
+
+    monkeypatch.setattr(OctopusXHook, "aget_video", timed_poll)
+    started = time.monotonic()
+    await asyncio.gather(
+        *(events_of(trigger_for(video_id, poll_interval=1, timeout=1)) for video_id in video_ids)
+    )
+    offsets = sorted(moment - started for moment in first_polls.values())
+    assert len(offsets) == 20
+    # Uniform over one interval: 20 first polls all within half of it would happen once in ~25,000 runs.
+    assert offsets[-1] - offsets[0] > 0.5
+    assert offsets[-1] < 1.2

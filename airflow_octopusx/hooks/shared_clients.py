@@ -1,0 +1,75 @@
+"""Async HTTP clients shared by all the triggers of one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from airflow_octopusx.hooks.octopusx import ApiEndpoint
+
+Opened = tuple["ApiEndpoint", httpx.AsyncClient]
+
+
+@dataclass
+class _Entry:
+    opening: asyncio.Future[Opened]
+    users: int = field(default=0)
+
+
+class SharedAsyncClients:
+    """One pooled ``httpx.AsyncClient`` per connection id for every trigger in one event loop.
+
+    The triggerer runs all its triggers in one loop: a client per trigger would hold a connection and
+    repeat the connection lookup for every waiting video. Here the first trigger of a connection id looks
+    it up and opens the client, the rest share both, and the client closes when its last user leaves, so
+    a changed connection is read afresh by the next wave of triggers.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    @classmethod
+    def for_running_loop(cls) -> SharedAsyncClients:
+        loop = asyncio.get_running_loop()
+        shared = _BY_LOOP.get(loop)
+        if shared is None:
+            shared = _BY_LOOP[loop] = cls()
+        return shared
+
+    async def acquire(self, conn_id: str, open_client: Callable[[], Awaitable[Opened]]) -> Opened:
+        """The endpoint and client for ``conn_id``; ``open_client`` runs only if none is open yet."""
+        entry = self._entries.get(conn_id)
+        if entry is None:
+            entry = self._entries[conn_id] = _Entry(asyncio.ensure_future(open_client()))
+        entry.users += 1
+        try:
+            # Shielded: one caller being cancelled must not cancel the opening the others wait on.
+            return await asyncio.shield(entry.opening)
+        except BaseException:
+            await self.release(conn_id)
+            raise
+
+    async def release(self, conn_id: str) -> None:
+        entry = self._entries[conn_id]
+        entry.users -= 1
+        if entry.users:
+            return
+        del self._entries[conn_id]
+        if not entry.opening.done():
+            entry.opening.cancel()
+        elif not entry.opening.cancelled() and entry.opening.exception() is None:
+            await entry.opening.result()[1].aclose()
+
+    def open_clients(self) -> int:
+        return len(self._entries)
+
+
+_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SharedAsyncClients] = (
+    weakref.WeakKeyDictionary()
+)
