@@ -45,6 +45,10 @@ class _Unrendered:
 
 UNRENDERED: Final = _Unrendered()
 
+MAX_REFERENCE_VIDEO_BYTES: Final = 15 * 1024 * 1024
+_DATA_URI_ANY = re.compile(
+    r"data:(?P<kind>[a-z]+)/[a-z0-9.+-]+;base64,(?P<payload>.*)", re.IGNORECASE | re.DOTALL
+)
 _DATA_URI = re.compile(r"data:image/(?P<type>[a-z0-9.+-]+);base64,(?P<payload>.*)", re.IGNORECASE | re.DOTALL)
 
 
@@ -88,7 +92,7 @@ def _one_of(name: str, allowed: Sequence[str]) -> Callable[[Any], str | None]:
 
 def _image(name: str, value: Any) -> str:
     """An image is a public http(s) URL or a ``data:image/<type>;base64,`` URI that really decodes."""
-    allowed = "must be an http(s) URL or a data:image/<type>;base64,<data> URI"
+    allowed = "must be an http(s) URL, a data:image/<type>;base64,<data> URI, or a file path or storage URI"
     if not isinstance(value, str):
         raise InvalidVideoRequest(name, allowed, value)
     if value[:5].lower() == "data:":
@@ -153,12 +157,34 @@ _FIELD_CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
 }
 
 
+def _reference_video(name: str, value: Any) -> None:
+    """A reference video for omni-fast-v2v: a public URL or an inline data URI of at most 15 MB."""
+    allowed = "must be an http(s) URL or a data:video/<type>;base64,<data> URI of at most 15 MB"
+    if value is UNRENDERED:
+        return
+    if not isinstance(value, str):
+        raise InvalidVideoRequest(name, allowed, value)
+    match = _DATA_URI_ANY.fullmatch(value)
+    if match is not None:
+        if match["kind"].lower() != "video" or len(match["payload"]) * 3 // 4 > MAX_REFERENCE_VIDEO_BYTES:
+            raise InvalidVideoRequest(name, allowed, value)
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidVideoRequest(name, allowed, value)
+
+
 def _check_combination(values: Mapping[str, Any]) -> None:
     """Rules that span fields; an ``UNRENDERED`` value counts as given but unknown."""
     if values.get("last_image_url") is not None and values.get("first_image_url") is None:
         raise InvalidVideoRequest("last_image_url", "needs first_image_url as well (first/last frame mode)")
     extra = values.get("extra_body")
-    if values.get("model") == DEFAULT_MODEL and isinstance(extra, Mapping):
+    model = values.get("model")
+    if model not in (DEFAULT_MODEL, UNRENDERED) and isinstance(extra, Mapping):
+        for name in REFERENCE_VIDEO_FIELDS:
+            if name in extra:
+                _reference_video(f"extra_body.{name}", extra[name])
+    if model == DEFAULT_MODEL and isinstance(extra, Mapping):
         refused = [name for name in REFERENCE_VIDEO_FIELDS if name in extra]
         if refused:
             raise InvalidVideoRequest(

@@ -6,7 +6,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,7 +24,15 @@ from fsspec.implementations.local import LocalFileSystem
 
 from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest, NotFoundError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
-from airflow_octopusx.models import DEFAULT_MODEL, UNRENDERED, VideoRequest, VideoTask, check_video_id
+from airflow_octopusx.inputs import is_file_reference, read_as_data_uri
+from airflow_octopusx.models import (
+    DEFAULT_MODEL,
+    REFERENCE_VIDEO_FIELDS,
+    UNRENDERED,
+    VideoRequest,
+    VideoTask,
+    check_video_id,
+)
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
 
 if TYPE_CHECKING:
@@ -84,13 +92,18 @@ class SubmitVideoOperator(BaseOperator):
     :param seconds: length, 4 to 30, as int or str.
     :param aspect_ratio: ``"16:9"`` or ``"9:16"``.
     :param resolution: ``"720p"``, ``"1080p"``, ``"2k"`` or ``"4k"``.
-    :param first_image_url: first frame (http(s) URL or ``data:image/...;base64,`` URI).
-    :param last_image_url: last frame; needs ``first_image_url``.
-    :param images: up to 5 reference images.
+    :param first_image_url: first frame: an http(s) URL or ``data:image/...;base64,`` URI the API takes as
+        it is, or a local path, storage URI (``s3://...``) or ``ObjectStoragePath``, read on the worker
+        (up to 10 MB) and sent inline.
+    :param last_image_url: last frame, in the same forms; needs ``first_image_url``.
+    :param images: up to 5 reference images, in the same forms.
     :param model: ``"omni-fast"``; other models (such as ``"omni-fast-v2v"``) take their extra fields in
         ``extra_body``.
-    :param extra_body: further JSON fields sent as they are.
+    :param extra_body: further JSON fields sent as they are; for ``omni-fast-v2v`` a reference video
+        (``video``, ``video_url`` or ``input_video``) may also be a path or storage URI (up to 15 MB).
     :param octopusx_conn_id: the ``octopusx`` connection.
+    :param input_conn_id: connection for reading images and videos given as storage URIs (e.g. an
+        ``aws`` connection for ``s3://``).
     :param wait_for_completion: wait until the video is completed (else return once it is submitted).
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poll_interval: seconds between status checks.
@@ -115,6 +128,7 @@ class SubmitVideoOperator(BaseOperator):
         model: str = DEFAULT_MODEL,
         extra_body: dict[str, Any] | None = None,
         octopusx_conn_id: str = OctopusXHook.default_conn_name,
+        input_conn_id: str | None = None,
         wait_for_completion: bool = True,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10,
@@ -132,12 +146,13 @@ class SubmitVideoOperator(BaseOperator):
         self.model = model
         self.extra_body = extra_body
         self.octopusx_conn_id = octopusx_conn_id
+        self.input_conn_id = input_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.timeout = timeout
         try:
-            VideoRequest.check_known({name: _known(getattr(self, name)) for name in _REQUEST_FIELDS})
+            VideoRequest.check_known(self._known_fields())
         except InvalidVideoRequest as error:
             raise ValueError(f"{type(self).__name__} {self.task_id!r}: {error}") from error
 
@@ -145,9 +160,36 @@ class SubmitVideoOperator(BaseOperator):
     def hook(self) -> OctopusXHook:
         return OctopusXHook(self.octopusx_conn_id)
 
+    def _known_fields(self) -> dict[str, Any]:
+        """The request as far as it is known at parse time; files count as unknown until read at run time."""
+        fields = self._with_files_inlined(lambda field, value, video: UNRENDERED)
+        return {name: _known(value) for name, value in fields.items()}
+
+    def _with_files_inlined(self, read: Callable[[str, Any, bool], Any] | None = None) -> dict[str, Any]:
+        """The request fields, with images (and a v2v reference video) given as files read into data URIs."""
+
+        def inline(field: str, value: Any, *, video: bool = False) -> Any:
+            if not is_file_reference(value):
+                return value
+            if read is not None:
+                return read(field, value, video)
+            return read_as_data_uri(field, value, conn_id=self.input_conn_id, video=video)
+
+        fields = {name: getattr(self, name) for name in _REQUEST_FIELDS}
+        for name in ("first_image_url", "last_image_url"):
+            fields[name] = inline(name, fields[name])
+        if isinstance(fields["images"], (list, tuple)):
+            fields["images"] = [inline(f"images[{i}]", image) for i, image in enumerate(fields["images"])]
+        if isinstance(fields["extra_body"], dict) and fields["model"] != DEFAULT_MODEL:
+            fields["extra_body"] = {
+                key: inline(f"extra_body.{key}", value, video=key in REFERENCE_VIDEO_FIELDS)
+                for key, value in fields["extra_body"].items()
+            }
+        return fields
+
     def execute(self, context: Context) -> str:
         try:
-            request = VideoRequest.build(**{name: getattr(self, name) for name in _REQUEST_FIELDS})
+            request = VideoRequest.build(**self._with_files_inlined())
         except InvalidVideoRequest as error:
             raise AirflowFailException(f"Invalid argument after rendering templates: {error}") from error
         with self.hook:

@@ -33,7 +33,7 @@ RENDERED_GARBAGE = [
     ({"aspect_ratio": "{{ params.ratio }}"}, {"aspect_ratio": "1:1"}, "aspect_ratio", "16:9, 9:16"),
     (
         {"first_image_url": "{{ params.image }}"},
-        {"first_image_url": "ftp://e.com/a.png"},
+        {"first_image_url": "gopher://e.com/a.png"},
         "first_image_url",
         "http(s)",
     ),

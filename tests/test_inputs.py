@@ -1,0 +1,156 @@
+"""Images and reference videos given as files are read on the worker and sent inline as data URIs."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowFailException, ObjectStoragePath
+
+from airflow_octopusx.exceptions import InvalidVideoRequest
+from airflow_octopusx.inputs import MAX_IMAGE_BYTES, is_file_reference, read_as_data_uri, sniff_media_type
+from airflow_octopusx.operators.octopusx import SubmitVideoOperator
+from airflow_octopusx.simulator import Simulator
+from airflow_octopusx.simulator.media import sample_mp4
+
+# The smallest valid PNG: one transparent pixel.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+@pytest.fixture
+def frame(tmp_path: Path) -> Path:
+    path = tmp_path / "frames" / "first frame.png"
+    path.parent.mkdir()
+    path.write_bytes(PNG)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "media_type"),
+    [
+        (PNG, "image/png"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "image/jpeg"),
+        (b"GIF89a\x01\x00", "image/gif"),
+        (b"RIFF\x24\x00\x00\x00WEBPVP8 ", "image/webp"),
+        (sample_mp4()[:32], "video/mp4"),
+        (b"\x00\x00\x00\x14ftypqt  \x00\x00", "video/quicktime"),
+        (b"\x1a\x45\xdf\xa3\x01\x00", "video/webm"),
+        (b"%PDF-1.7", None),
+        (b"", None),
+    ],
+)
+def test_media_types_are_sniffed_from_the_bytes(data: bytes, media_type: str | None) -> None:
+    assert sniff_media_type(data) == media_type
+
+
+@pytest.mark.parametrize(
+    ("value", "is_file"),
+    [
+        ("/data/frames/1.png", True),
+        ("frames/1.png", True),
+        ("file:///data/1.png", True),
+        ("s3://bucket/frames/1.png", True),
+        ("gs://bucket/frames/1.png", True),
+        (ObjectStoragePath("file:///data/1.png"), True),
+        ("https://example.com/1.png", False),
+        ("http://example.com/1.png", False),
+        ("data:image/png;base64,AAAA", False),
+        ("gopher://example.com/1.png", False),
+        ("", False),
+        (None, False),
+        (42, False),
+    ],
+)
+def test_file_references_are_told_from_urls(value: Any, is_file: bool) -> None:
+    assert is_file_reference(value) is is_file
+
+
+@pytest.mark.parametrize("form", ["path", "file-uri", "object-storage-path"])
+def test_an_image_file_becomes_a_data_uri(frame: Path, form: str) -> None:
+    source: Any = {
+        "path": str(frame),
+        "file-uri": f"file://{frame}",
+        "object-storage-path": ObjectStoragePath(f"file://{frame}"),
+    }[form]
+    uri = read_as_data_uri("first_image_url", source, conn_id=None, video=False)
+    assert uri == "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+@pytest.mark.parametrize(
+    ("content", "video", "problem"),
+    [
+        (b"plain text, not a picture", False, "is not a PNG, JPEG, GIF or WebP image"),
+        (PNG, True, "is not an MP4, MOV or WebM video"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * MAX_IMAGE_BYTES, False, "over the 10 MB limit"),
+    ],
+)
+def test_files_that_are_not_what_they_should_be_are_refused(
+    tmp_path: Path, content: bytes, video: bool, problem: str
+) -> None:
+    path = tmp_path / "input.bin"
+    path.write_bytes(content)
+    with pytest.raises(InvalidVideoRequest, match=problem):
+        read_as_data_uri("images[0]", str(path), conn_id=None, video=video)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidVideoRequest, match=r"first_image_url: could not be read from .*missing\.png"):
+        read_as_data_uri("first_image_url", str(tmp_path / "missing.png"), conn_id=None, video=False)
+
+
+class TestOperator:
+    def test_files_are_not_read_while_the_dag_is_parsed(self) -> None:
+        SubmitVideoOperator(
+            task_id="clip", prompt="waves", first_image_url="/nowhere/yet.png", images=["s3://b/x.png"]
+        )
+
+    def test_image_files_are_sent_inline_and_accepted_by_the_api(
+        self, frame: Path, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0)
+        task = SubmitVideoOperator(
+            task_id="clip",
+            prompt="The scene comes alive",
+            first_image_url=str(frame),
+            last_image_url=ObjectStoragePath(f"file://{frame}"),
+            images=["https://example.com/style.jpg", f"file://{frame}"],
+        )
+        inlined = task._with_files_inlined()
+        png_uri = "data:image/png;base64," + base64.b64encode(PNG).decode()
+        assert inlined["first_image_url"] == inlined["last_image_url"] == png_uri
+        assert inlined["images"] == ["https://example.com/style.jpg", png_uri]
+        assert task.execute(context) == context["ti"].xcom["video_id"]
+        assert octopusx_conn.stats.videos_created == 1
+
+    def test_a_file_that_is_not_an_image_fails_before_any_request(
+        self, tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        notes = tmp_path / "notes.txt"
+        notes.write_text("not an image")
+        task = SubmitVideoOperator(task_id="clip", prompt="waves", first_image_url=str(notes))
+        with pytest.raises(AirflowFailException, match=r"first_image_url: .* is not a PNG"):
+            task.execute(context)
+        assert octopusx_conn.stats.posts == 0
+
+    def test_a_reference_video_file_goes_inline_for_omni_fast_v2v(
+        self, tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        clip = tmp_path / "reference.mp4"
+        clip.write_bytes(sample_mp4())
+        octopusx_conn.configure(generation_seconds=0)
+        task = SubmitVideoOperator(
+            task_id="edit", prompt="Make it snow", model="omni-fast-v2v", extra_body={"video_url": str(clip)}
+        )
+        assert task._with_files_inlined()["extra_body"]["video_url"].startswith("data:video/mp4;base64,")
+        task.execute(context)
+        assert octopusx_conn.stats.videos_created == 1
+
+    def test_omni_fast_refuses_a_reference_video_when_the_dag_is_parsed(self, tmp_path: Path) -> None:
+        with pytest.raises(ValueError, match=r"extra_body\.video_url: omni-fast takes no reference video"):
+            SubmitVideoOperator(
+                task_id="clip", prompt="waves", extra_body={"video_url": str(tmp_path / "v.mp4")}
+            )
