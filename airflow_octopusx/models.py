@@ -319,6 +319,10 @@ class VideoTask:
     error: VideoError | None = None
     model: str | None = None
     created_at: int | None = None
+    # Echoed by the API on some deployments; kept for asset metadata when present.
+    prompt: str | None = None
+    seconds: str | None = None
+    resolution: str | None = None
 
     @classmethod
     def from_api(cls, payload: Mapping[str, Any]) -> VideoTask:
@@ -343,6 +347,9 @@ class VideoTask:
             error=error,
             model=payload.get("model"),
             created_at=created_at if isinstance(created_at, int) else None,
+            prompt=_optional_text(payload.get("prompt")),
+            seconds=_optional_text(payload.get("seconds")),
+            resolution=_optional_text(payload.get("resolution")),
         )
 
     @property
@@ -367,6 +374,10 @@ class VideoTask:
                 self.id, f"the API reported status {self.status!r} without an error message"
             )
         raise VideoFailedError(self.id, self.error.message, self.error.code)
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
 
 
 @functools.cache

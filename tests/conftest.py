@@ -88,17 +88,29 @@ class MemoryTaskStateStore:
 
 @pytest.fixture
 def context() -> dict[str, Any]:
-    return {"ti": RecordingTaskInstance(), "task_state_store": MemoryTaskStateStore()}
+    """The parts of a task's context the operators use, as Airflow 3.3 provides them."""
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    return {
+        "ti": RecordingTaskInstance(),
+        "task_state_store": MemoryTaskStateStore(),
+        "outlet_events": OutletEventAccessors(),
+    }
 
 
 def xcom_values(run: Any, key: str) -> dict[str, Any]:
-    """XCom values of one key in a finished ``dag.test()`` run, by task id."""
+    """XCom values of one key in a finished ``dag.test()`` run, by task id (``task[i]`` when mapped)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         rows = session.scalars(XComModel.get_many(run_id=run.run_id, dag_ids=run.dag_id, key=key)).all()
-        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+        return {
+            row.task_id
+            if row.map_index < 0
+            else f"{row.task_id}[{row.map_index}]": XComModel.deserialize_value(row)
+            for row in rows
+        }
 
 
 def load_dags(folder: Path) -> Any:

@@ -244,8 +244,8 @@ class OctopusXHook(BaseHook):
         *,
         chunk_size: int = DOWNLOAD_CHUNK_SIZE,
         max_bytes: int | None = None,
-    ) -> int:
-        """Stream the finished MP4 into ``file`` and return its size; nothing is buffered whole.
+    ) -> DownloadedVideo:
+        """Stream the finished MP4 into ``file``; nothing is buffered whole.
 
         Each attempt looks the video up afresh for a new signed ``video_url``. A refused link is asked for
         once more, then the authenticated ``/v1/videos/{id}/content`` proxy is used (also when the link is
@@ -262,7 +262,7 @@ class OctopusXHook(BaseHook):
             source = video.video_url if use_link else f"{_video_path(video_id)}/content"
             try:
                 self._transfer(source, sink, chunk_size)
-                return sink.finish()
+                return DownloadedVideo(video=video, size=sink.finish())
             except _LinkRefused as refused:
                 refused_links += 1
                 self.log.info(
@@ -328,6 +328,14 @@ class OctopusXHook(BaseHook):
             return False, f"Could not reach {self.endpoint.base_url}: {error}"
         except OctopusXError as error:
             return False, str(error)
+
+
+@dataclass(frozen=True)
+class DownloadedVideo:
+    """What a download stored: the video as the API last described it, and its size in bytes."""
+
+    video: VideoTask
+    size: int
 
 
 class _LinkRefused(Exception):

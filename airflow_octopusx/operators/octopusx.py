@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
+    Asset,
+    AssetAlias,
     BaseOperator,
     BaseOperatorLink,
     ObjectStoragePath,
@@ -23,7 +25,7 @@ from airflow.providers.common.compat.sdk import (
 from fsspec.implementations.local import LocalFileSystem
 
 from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest, NotFoundError
-from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
 from airflow_octopusx.inputs import is_file_reference, read_as_data_uri
 from airflow_octopusx.models import (
     DEFAULT_MODEL,
@@ -68,6 +70,8 @@ def _known(value: Any) -> Any:
 VIDEO_URL_XCOM_KEY = "video_url"
 # Generous for a 30 s 4K clip, small enough to stop a runaway or hostile response filling a disk.
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
+#: The asset alias stored videos are announced through when their path is known only at run time.
+DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
 SUBMISSION_STATE_KEY = "octopusx_submission"
 
@@ -288,6 +292,11 @@ class DownloadVideoOperator(BaseOperator):
     :param overwrite: replace an existing file instead of failing.
     :param octopusx_conn_id: the ``octopusx`` connection.
     :param max_bytes: refuse a video larger than this, before or while it downloads (``None``: no cap).
+    :param asset_alias: the stored video is announced as an Airflow asset with its metadata (video id,
+        model, prompt, seconds, resolution, bytes), so DAGs can be scheduled on new videos. A fixed
+        ``.mp4`` destination is declared as that ``Asset``; any other destination (a folder, a template)
+        is only known at run time and is announced through ``AssetAlias(asset_alias)``. Ignored when
+        ``outlets`` is given.
     :return: the destination URI.
     """
 
@@ -303,8 +312,11 @@ class DownloadVideoOperator(BaseOperator):
         overwrite: bool = False,
         octopusx_conn_id: str = OctopusXHook.default_conn_name,
         max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+        asset_alias: str = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,
     ) -> None:
+        if "outlets" not in kwargs:
+            kwargs["outlets"] = [_declared_asset(destination) or AssetAlias(asset_alias)]
         super().__init__(**kwargs)
         self.video_id = video_id
         self.destination = destination
@@ -326,16 +338,40 @@ class DownloadVideoOperator(BaseOperator):
         started = time.monotonic()
         try:
             with OctopusXHook(self.octopusx_conn_id) as hook, partial.open("wb") as file:
-                size = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
+                downloaded = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
             self._publish(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         elapsed = max(time.monotonic() - started, 1e-6)
+        uri = _plain_uri(target)
         self.log.info(
-            "Stored video %s at %s (%d bytes, %.1f MB/s)", self.video_id, target, size, size / elapsed / 1e6
+            "Stored video %s at %s (%d bytes, %.1f MB/s)",
+            self.video_id,
+            uri,
+            downloaded.size,
+            downloaded.size / elapsed / 1e6,
         )
-        return str(target)
+        self._announce(context, uri, downloaded)
+        return uri
+
+    def _announce(self, context: Context, uri: str, downloaded: DownloadedVideo) -> None:
+        """Attach the video's metadata to the asset event of each outlet this operator declared itself."""
+        video = downloaded.video
+        described: dict[str, Any] = {
+            "video_id": video.id,
+            "model": video.model,
+            "prompt": video.prompt,
+            "seconds": video.seconds,
+            "resolution": video.resolution,
+            "bytes": downloaded.size,
+        }
+        extra = {key: value for key, value in described.items() if value is not None}
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias):
+                context["outlet_events"][outlet].add(Asset(uri), extra=extra)
+            elif isinstance(outlet, Asset) and outlet.uri == uri:
+                context["outlet_events"][outlet].extra.update(extra)
 
     def _publish(self, partial: ObjectStoragePath, target: ObjectStoragePath) -> None:
         """Move the checked file into place: a rename on one store, so only a whole file is ever visible.
@@ -365,6 +401,22 @@ class DownloadVideoOperator(BaseOperator):
         if folder or destination.is_dir():
             return destination / f"{_file_name(self.video_id)}.mp4"
         return destination
+
+
+def _declared_asset(destination: str | ObjectStoragePath) -> Asset | None:
+    """The asset a fixed ``.mp4`` destination will be; None when only the run can tell."""
+    if isinstance(destination, ObjectStoragePath):
+        return Asset(_plain_uri(destination)) if destination.suffix == ".mp4" else None
+    if "{{" in destination or "{%" in destination or not destination.endswith(".mp4"):
+        return None
+    if "://" not in destination:
+        destination = f"file://{Path(destination).absolute()}"
+    return Asset(_plain_uri(ObjectStoragePath(destination)))
+
+
+def _plain_uri(path: ObjectStoragePath) -> str:
+    """The path's URI without the connection id that ``str()`` puts in it (``s3://conn@bucket/...``)."""
+    return f"{path.protocol or 'file'}://{path.path}"
 
 
 def _file_name(video_id: str) -> str:

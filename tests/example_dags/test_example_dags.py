@@ -3,12 +3,14 @@ playable MP4s; each video is submitted exactly once."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import av
 import pytest
+from airflow.providers.common.compat.sdk import AssetAlias
 
 from airflow_octopusx.simulator import Simulator
 from tests.conftest import REPO, load_dags, xcom_values
@@ -20,7 +22,11 @@ EXPECTED: dict[str, tuple[int, set[str]]] = {
     "example_octopusx_image_to_video": (2, {"first_frame", "first_and_last_frame"}),
     "example_octopusx_reference_images": (1, {"submit_video"}),
     "example_octopusx_submit_then_sense": (1, {"wait_for_video"}),
+    "example_octopusx_mapped": (10, {f"submit_video[{i}]" for i in range(10)}),
+    "example_octopusx_asset_producer": (1, {"submit_video"}),
 }
+# DAGs that store no video themselves; each has a test of its own below.
+CONSUMERS = {"example_octopusx_asset_consumer"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,7 @@ def output_dir(example_output: Path) -> Iterator[Path]:
 
 def test_every_example_imports_cleanly_and_is_covered(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert sorted(dagbag.dag_ids) == EXAMPLES == sorted(EXPECTED)
+    assert sorted(dagbag.dag_ids) == sorted(EXPECTED.keys() | CONSUMERS)
 
 
 def decoded_frames(path: Path) -> int:
@@ -84,3 +90,30 @@ def test_example_runs_defers_and_stores_playable_mp4s(
     links = xcom_values(run, "_link_OctopusXVideoLink")
     for task_id in deferring_tasks & pushed.keys():
         assert links[task_id].startswith(f"{octopusx_conn.cdn_url}/videos/{pushed[task_id]}.mp4?")
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_asset_consumer_annotates_each_new_video(
+    dagbag: Any, octopusx_conn: Simulator, output_dir: Path
+) -> None:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    from example_dags.example_octopusx_assets import write_sidecars
+
+    octopusx_conn.configure(generation_seconds=1)
+    producer = dagbag.get_dag("example_octopusx_asset_producer").test()
+    assert producer.state == "success"
+    [video] = output_dir.glob("*.mp4")
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == producer.run_id)).all()
+        [event] = events
+        assert event.asset.uri == video.as_uri()
+        assert event.extra["video_id"] == video.stem
+        assert event.extra["bytes"] == video.stat().st_size
+        # What the scheduler hands the consumer DAG when it runs for this event.
+        assert write_sidecars({event.asset: [event]}) == [video.with_suffix(".json").as_uri()]
+    assert json.loads(video.with_suffix(".json").read_text())["video_id"] == video.stem
+    consumer = dagbag.get_dag("example_octopusx_asset_consumer")
+    assert list(consumer.timetable.asset_condition.objects) == [AssetAlias("octopusx_videos")]

@@ -210,7 +210,7 @@ class TestDownload:
         video = hook.submit_video(REQUEST)
         wait_completed(hook, video.id)
         sink = io.BytesIO()
-        assert hook.download_video(video.id, sink) == len(sample_mp4())
+        assert hook.download_video(video.id, sink).size == len(sample_mp4())
         assert sink.getvalue() == sample_mp4()
         stats = octopusx_conn.stats
         assert stats.cdn_gets == 1
@@ -228,7 +228,7 @@ class TestDownload:
                 chunks.append(len(data))
                 return len(data)
 
-        assert hook.download_video(video.id, Sink(), chunk_size=1024 * 1024) == 9 * 1024 * 1024 + 17
+        assert hook.download_video(video.id, Sink(), chunk_size=1024 * 1024).size == 9 * 1024 * 1024 + 17
         assert max(chunks) <= 1024 * 1024
         assert len(chunks) >= 10
 
@@ -277,7 +277,7 @@ class TestDownload:
         wait_completed(hook, video.id)
         octopusx_conn.inject(Fault(route=route, kind="truncate"))
         sink = io.BytesIO()
-        assert hook.download_video(video.id, sink) == 3 * 1024 * 1024
+        assert hook.download_video(video.id, sink).size == 3 * 1024 * 1024
         assert sink.getvalue().startswith(sample_mp4())
         assert octopusx_conn.stats.cdn_gets + octopusx_conn.stats.content_gets == 2
 

@@ -221,7 +221,7 @@ def test_a_video_url_that_is_not_http_is_skipped_for_the_content_proxy() -> None
         httpx.Response(200, content=mp4),
     )
     sink = io.BytesIO()
-    assert make_hook(recorder).download_video("video_1", sink) == len(mp4)
+    assert make_hook(recorder).download_video("video_1", sink).size == len(mp4)
     assert [str(r.url) for r in recorder.requests] == [
         f"{API}/v1/videos/video_1",
         f"{API}/v1/videos/video_1/content",
@@ -252,7 +252,7 @@ def test_a_body_shorter_than_its_content_length_is_fetched_again() -> None:
     recorder = Recorder(httpx.Response(200, json=COMPLETED), short, httpx.Response(200, json=COMPLETED), mp4)
     recorder.answers[-1] = lambda: httpx.Response(200, content=mp4)
     sink = io.BytesIO()
-    assert make_hook(recorder).download_video("video_1", sink) == len(mp4)
+    assert make_hook(recorder).download_video("video_1", sink).size == len(mp4)
     assert sink.getvalue() == mp4
 
 
@@ -286,7 +286,7 @@ def test_a_cut_transfer_resumes_with_a_range_request() -> None:
     )
     sink = io.BytesIO()
     # Small chunks, so the 100 bytes before the cut reach the file rather than a half-filled chunk.
-    assert make_hook(recorder).download_video("video_1", sink, chunk_size=20) == len(MP4)
+    assert make_hook(recorder).download_video("video_1", sink, chunk_size=20).size == len(MP4)
     assert sink.getvalue() == MP4
     assert recorder.requests[3].headers["Range"] == "bytes=100-"
 
@@ -299,7 +299,7 @@ def test_a_server_that_ignores_range_gets_a_clean_restart() -> None:
         httpx.Response(200, content=MP4),
     )
     sink = io.BytesIO()
-    assert make_hook(recorder).download_video("video_1", sink, chunk_size=20) == len(MP4)
+    assert make_hook(recorder).download_video("video_1", sink, chunk_size=20).size == len(MP4)
     assert sink.getvalue() == MP4
     assert recorder.requests[3].headers["Range"] == "bytes=100-"
 

@@ -1,0 +1,68 @@
+"""Asset-driven post-processing: every stored video is announced through the ``octopusx_videos`` asset
+alias with its metadata, and a second DAG, scheduled on that alias, writes a JSON sidecar next to each
+new MP4 (where a real pipeline would transcode, caption or publish it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, AssetAlias, ObjectStoragePath, task
+
+from airflow_octopusx.operators.octopusx import (
+    DEFAULT_ASSET_ALIAS,
+    DownloadVideoOperator,
+    SubmitVideoOperator,
+)
+
+OUTPUT_DIR = os.environ.get("OCTOPUSX_OUTPUT_DIR", "/tmp/octopusx/videos/")
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+with DAG(
+    dag_id="example_octopusx_asset_producer",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    tags=["example", "octopusx"],
+    doc_md=__doc__,
+):
+    submit = SubmitVideoOperator(
+        task_id="submit_video",
+        prompt="A lighthouse beam sweeping over a stormy sea",
+        seconds=6,
+        resolution="720p",
+        deferrable=True,
+        poll_interval=5,
+    )
+    DownloadVideoOperator(task_id="download_video", video_id=submit.output, destination=OUTPUT_DIR)
+
+
+def write_sidecars(events_by_asset: Mapping[Any, Iterable[Any]]) -> list[str]:
+    """Write ``<video>.json`` beside each new video, from the metadata its asset event carries."""
+    written = []
+    for events in events_by_asset.values():
+        for event in events:
+            sidecar = ObjectStoragePath(event.asset.uri).with_suffix(".json")
+            sidecar.write_text(json.dumps(event.extra, indent=2, sort_keys=True))
+            written.append(str(sidecar))
+    return written
+
+
+with DAG(
+    dag_id="example_octopusx_asset_consumer",
+    schedule=[AssetAlias(DEFAULT_ASSET_ALIAS)],
+    start_date=START,
+    catchup=False,
+    tags=["example", "octopusx"],
+    doc_md=__doc__,
+):
+
+    @task
+    def annotate_new_videos(triggering_asset_events: Any = None) -> list[str]:
+        return write_sidecars(triggering_asset_events or {})
+
+    annotate_new_videos()
