@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from airflow.providers.common.compat.sdk import redact
+
 from airflow_octopusx.hooks.octopusx import ApiEndpoint
 from airflow_octopusx.simulator import Simulator
 from tests.conftest import REPO, connection_uri, load_dags
