@@ -24,7 +24,12 @@ from airflow.providers.common.compat.sdk import (
 )
 from fsspec.implementations.local import LocalFileSystem
 
-from airflow_octopusx.exceptions import BadRequestError, InvalidVideoRequest, NotFoundError
+from airflow_octopusx.exceptions import (
+    AmbiguousSubmissionError,
+    BadRequestError,
+    InvalidVideoRequest,
+    NotFoundError,
+)
 from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
 from airflow_octopusx.inputs import is_file_reference, read_as_data_uri
 from airflow_octopusx.models import (
@@ -245,6 +250,9 @@ class SubmitVideoOperator(BaseOperator):
             video = self.hook.submit_video(request)
         except BadRequestError as error:
             raise AirflowFailException(f"OctopusX refused the request: {error}") from error
+        except AmbiguousSubmissionError as error:
+            # Airflow's own retry would submit again and might pay for a second video.
+            raise AirflowFailException(str(error)) from error
         if store is not None:
             store.set(SUBMISSION_STATE_KEY, {"video_id": video.id, "request": fingerprint})
         self.log.info("Submitted video %s (%s)", video.id, request.describe())

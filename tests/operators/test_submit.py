@@ -133,6 +133,16 @@ class TestExecute:
             operator(model="omni-ultra").execute(context)
         assert octopusx_conn.stats.posts == 1
 
+    def test_an_ambiguous_submission_fails_without_airflow_retries(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.inject(Fault(route="POST /v1/videos", kind="delay", delay_seconds=3))
+        task = operator()
+        task.hook.timeout = 1.0
+        with pytest.raises(AirflowFailException, match="may have reached OctopusX and created a billed"):
+            task.execute(context)
+        assert octopusx_conn.stats.posts == 1
+
     def test_execute_complete_returns_the_id_and_records_a_fresh_link(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
