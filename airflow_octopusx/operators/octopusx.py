@@ -295,7 +295,7 @@ class DownloadVideoOperator(BaseOperator):
 
     :param video_id: the OctopusX video id, e.g. ``submit.output``.
     :param destination: a file path or URI; ending in ``/`` (or an existing folder) means a folder, and the
-        file is then ``<video_id>.mp4``.
+        file is then ``<video_id>.mp4``. An ``ObjectStoragePath`` is a folder unless it ends in ``.mp4``.
     :param destination_conn_id: connection for the destination's object store (e.g. ``aws_default``).
     :param overwrite: replace an existing file instead of failing.
     :param octopusx_conn_id: the ``octopusx`` connection.
@@ -400,7 +400,12 @@ class DownloadVideoOperator(BaseOperator):
 
     def _target(self) -> ObjectStoragePath:
         destination = self.destination
-        folder = isinstance(destination, str) and destination.endswith("/")
+        # An ObjectStoragePath has lost any trailing slash, so without an .mp4 name it counts as a folder.
+        folder = (
+            destination.endswith("/")
+            if isinstance(destination, str)
+            else destination.suffix.lower() != ".mp4"
+        )
         if isinstance(destination, str):
             if "://" not in destination:
                 # Not Path.as_uri(): ObjectStoragePath keeps percent-escapes literally.

@@ -1,0 +1,299 @@
+"""The operators against a real S3 API (moto over a socket), through an ``aws`` connection: where the
+video lands, that it is whole, that nothing temporary is left in the bucket, and that frames stored in a
+bucket are read and sent inline."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("airflow.providers.amazon", reason="needs apache-airflow-providers-amazon")
+s3fs = pytest.importorskip("s3fs", reason="needs apache-airflow-providers-amazon[s3fs]")
+
+from airflow.providers.common.compat.sdk import AirflowFailException, Asset, AssetAlias  # noqa: E402
+from airflow.sdk import ObjectStoragePath  # noqa: E402
+
+from airflow_octopusx.exceptions import VideoDownloadError  # noqa: E402
+from airflow_octopusx.hooks.octopusx import OctopusXHook  # noqa: E402
+from airflow_octopusx.models import VideoRequest, VideoTask  # noqa: E402
+from airflow_octopusx.operators.octopusx import (  # noqa: E402
+    DEFAULT_ASSET_ALIAS,
+    DownloadVideoOperator,
+    SubmitVideoOperator,
+)
+from airflow_octopusx.simulator import Fault, Simulator  # noqa: E402
+from airflow_octopusx.simulator.media import VideoBody, sample_mp4  # noqa: E402
+from tests.storage.conftest import Bucket  # noqa: E402
+
+# s3fs holds this much in memory before it starts a multipart upload; a larger video goes in parts.
+LARGE_SIZE = s3fs.S3FileSystem.default_block_size + 6 * 1024 * 1024
+
+
+def submit(simulator: Simulator, **settings: Any) -> VideoTask:
+    """Submit one video through the real API; with no generation time it is completed at once."""
+    simulator.configure(generation_seconds=0, **settings)
+    with OctopusXHook() as hook:
+        video = hook.submit_video(VideoRequest.build(prompt="A red kite over green hills"))
+        video = hook.get_video(video.id)
+    assert video.is_completed
+    return video
+
+
+@pytest.fixture
+def video_id(octopusx_conn: Simulator) -> str:
+    return submit(octopusx_conn).id
+
+
+def download(video_id: str, destination: Any, context: dict[str, Any], **kwargs: Any) -> str:
+    return DownloadVideoOperator(
+        task_id="download_video", video_id=video_id, destination=destination, **kwargs
+    ).execute(context)
+
+
+def download_counts(simulator: Simulator) -> tuple[int, int, int]:
+    stats = simulator.stats
+    return stats.gets, stats.cdn_gets, stats.content_gets
+
+
+def served_sha256(size: int) -> str:
+    """The digest of the body the simulator serves for a video of ``size`` bytes."""
+    digest = hashlib.sha256()
+    for chunk in VideoBody.build(sample_mp4(), size).iter_bytes(0, size):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def in_folder(bucket: Bucket, conn_id: str) -> dict[str, Any]:
+    return {"destination": bucket.uri("videos/"), "destination_conn_id": conn_id}
+
+
+def as_file(bucket: Bucket, conn_id: str) -> dict[str, Any]:
+    return {"destination": bucket.uri("clips/kite.mp4"), "destination_conn_id": conn_id}
+
+
+def in_folder_path(bucket: Bucket, conn_id: str) -> dict[str, Any]:
+    return {"destination": ObjectStoragePath(bucket.uri("videos/"), conn_id=conn_id)}
+
+
+def as_file_path(bucket: Bucket, conn_id: str) -> dict[str, Any]:
+    return {"destination": ObjectStoragePath(bucket.uri("clips/kite.mp4"), conn_id=conn_id)}
+
+
+# Each case: the operator's destination arguments, objects already in the bucket, where the video lands.
+DESTINATIONS = [
+    pytest.param(in_folder, [], "videos/{id}.mp4", id="uri-string-of-a-folder"),
+    pytest.param(as_file, [], "clips/kite.mp4", id="uri-string-of-a-file"),
+    pytest.param(
+        in_folder_path, ["videos/earlier.mp4"], "videos/{id}.mp4", id="object-storage-path-of-a-used-folder"
+    ),
+    pytest.param(as_file_path, [], "clips/kite.mp4", id="object-storage-path-of-a-file"),
+    pytest.param(
+        in_folder_path,
+        [],
+        "videos/{id}.mp4",
+        id="object-storage-path-of-a-new-folder",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spell", "existing", "key_pattern"), DESTINATIONS)
+def test_destination_forms_store_the_exact_mp4_and_nothing_else(
+    spell: Callable[[Bucket, str], dict[str, Any]],
+    existing: list[str],
+    key_pattern: str,
+    video_id: str,
+    s3_conn_id: str,
+    bucket: Bucket,
+    context: dict[str, Any],
+) -> None:
+    for key in existing:
+        bucket.write(key, b"an earlier video")
+    key = key_pattern.format(id=video_id)
+
+    result = download(video_id, context=context, **spell(bucket, s3_conn_id))
+
+    assert result == bucket.uri(key)  # the plain URI: no connection id in it
+    assert bucket.read(key) == sample_mp4()
+    assert bucket.listed_keys() == sorted([*existing, key])  # no temporary ``.partial`` object left behind
+    assert bucket.unfinished_uploads() == []
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole", "cut-mid-way"])
+def test_a_large_video_streams_in_parts_to_the_exact_bytes(
+    cut: bool, octopusx_conn: Simulator, s3_conn_id: str, bucket: Bucket, context: dict[str, Any]
+) -> None:
+    video_id = submit(octopusx_conn, video_size_bytes=LARGE_SIZE).id
+    if cut:
+        # Half the body, then the connection closes: the rest must come with a Range request.
+        octopusx_conn.inject(Fault(route="GET cdn", kind="truncate"))
+    key = f"videos/{video_id}.mp4"
+
+    result = download(video_id, bucket.uri("videos/"), context, destination_conn_id=s3_conn_id)
+
+    assert result == bucket.uri(key)
+    stored = bucket.read(key)
+    assert len(stored) == LARGE_SIZE
+    assert hashlib.sha256(stored).hexdigest() == served_sha256(LARGE_SIZE)
+    stats = octopusx_conn.stats
+    assert (stats.faults_fired, stats.ranged_responses) == ((1, 1) if cut else (0, 0))
+    assert bucket.listed_keys() == [key]
+    assert bucket.unfinished_uploads() == []
+    # It went up as a multipart upload of the temporary object, in at least two parts.
+    requests = bucket.requests()
+    started = [line for line in requests if line.startswith("POST ") and line.endswith("?uploads")]
+    parts = [line for line in requests if line.startswith("PUT ") and "partNumber=" in line]
+    assert len(started) == 1
+    assert ".partial?" in started[0]
+    assert len(parts) >= 2
+
+
+def test_a_refused_download_leaves_nothing_in_the_bucket(
+    video_id: str, s3_conn_id: str, bucket: Bucket, context: dict[str, Any]
+) -> None:
+    with pytest.raises(VideoDownloadError, match=r"over the cap of 1000 \(max_bytes\)"):
+        download(video_id, bucket.uri("videos/"), context, destination_conn_id=s3_conn_id, max_bytes=1000)
+
+    assert bucket.listed_keys() == []
+    assert bucket.unfinished_uploads() == []
+
+
+@pytest.mark.parametrize(
+    ("destination", "key"),
+    [("videos/", "videos/{id}.mp4"), ("clips/kite.mp4", "clips/kite.mp4")],
+    ids=["folder", "file"],
+)
+def test_an_existing_object_is_refused_untouched_without_any_download(
+    destination: str,
+    key: str,
+    video_id: str,
+    octopusx_conn: Simulator,
+    s3_conn_id: str,
+    bucket: Bucket,
+    context: dict[str, Any],
+) -> None:
+    key = key.format(id=video_id)
+    bucket.write(key, b"keep me")
+    before = download_counts(octopusx_conn)
+
+    with pytest.raises(AirflowFailException, match=r"already exists.*overwrite=True"):
+        download(video_id, bucket.uri(destination), context, destination_conn_id=s3_conn_id)
+
+    assert bucket.read(key) == b"keep me"
+    assert bucket.listed_keys() == [key]
+    assert download_counts(octopusx_conn) == before
+
+
+def test_overwrite_true_replaces_an_existing_object(
+    video_id: str, s3_conn_id: str, bucket: Bucket, context: dict[str, Any]
+) -> None:
+    bucket.write("clips/kite.mp4", b"old, and not an mp4")
+
+    result = download(
+        video_id, bucket.uri("clips/kite.mp4"), context, destination_conn_id=s3_conn_id, overwrite=True
+    )
+
+    assert result == bucket.uri("clips/kite.mp4")
+    assert bucket.read("clips/kite.mp4") == sample_mp4()
+    assert bucket.listed_keys() == ["clips/kite.mp4"]
+
+
+def test_a_folder_destination_is_announced_with_its_s3_uri(
+    video_id: str, s3_conn_id: str, bucket: Bucket, context: dict[str, Any]
+) -> None:
+    task = DownloadVideoOperator(
+        task_id="store", video_id=video_id, destination=bucket.uri("videos/"), destination_conn_id=s3_conn_id
+    )
+    assert task.outlets == [AssetAlias(DEFAULT_ASSET_ALIAS)]
+
+    uri = task.execute(context)
+
+    [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
+    assert event.dest_asset_key.uri == uri == bucket.uri(f"videos/{video_id}.mp4")
+    assert event.extra["video_id"] == video_id
+    assert event.extra["bytes"] == len(sample_mp4())
+
+
+@pytest.mark.parametrize("spell", [as_file, as_file_path], ids=["uri-string", "object-storage-path"])
+def test_a_fixed_s3_file_is_declared_as_that_asset_without_the_conn_id(
+    spell: Callable[[Bucket, str], dict[str, Any]],
+    video_id: str,
+    s3_conn_id: str,
+    bucket: Bucket,
+    context: dict[str, Any],
+) -> None:
+    uri = bucket.uri("clips/kite.mp4")
+    task = DownloadVideoOperator(task_id="store", video_id=video_id, **spell(bucket, s3_conn_id))
+    assert task.outlets == [Asset(uri)]
+
+    assert task.execute(context) == uri
+
+    extra = context["outlet_events"][Asset(uri)].extra
+    assert extra["video_id"] == video_id
+    assert extra["bytes"] == len(sample_mp4())
+
+
+def png(red: int, green: int, blue: int) -> bytes:
+    """A real one-pixel PNG of the given colour, so each frame has bytes of its own."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit RGB
+    pixels = zlib.compress(bytes([0, red, green, blue]))  # filter byte, then the pixel
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def data_uri(image: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(image).decode()}"
+
+
+def test_frames_in_a_bucket_are_read_with_the_input_connection_and_sent_inline(
+    octopusx_conn: Simulator, s3_conn_id: str, bucket: Bucket, context: dict[str, Any]
+) -> None:
+    frames = {"frames/first.png": png(255, 0, 0), "frames/last.png": png(0, 0, 255)}
+    frames.update({f"refs/{i}.png": png(0, 64 * i, 0) for i in range(2)})
+    for key, image in frames.items():
+        bucket.write(key, image)
+    octopusx_conn.configure(generation_seconds=0)
+    task = SubmitVideoOperator(
+        task_id="clip",
+        prompt="A red kite turns blue",
+        first_image_url=bucket.uri("frames/first.png"),
+        last_image_url=bucket.uri("frames/last.png"),
+        images=[bucket.uri("refs/0.png"), bucket.uri("refs/1.png")],
+        input_conn_id=s3_conn_id,
+        poll_interval=0.05,
+    )
+
+    fields = task._with_files_inlined()
+
+    assert fields["first_image_url"] == data_uri(frames["frames/first.png"])
+    assert fields["last_image_url"] == data_uri(frames["frames/last.png"])
+    assert fields["images"] == [data_uri(frames["refs/0.png"]), data_uri(frames["refs/1.png"])]
+    # The simulator answers 400 to anything but an http(s) or data: URI, so an s3:// one would fail here.
+    video_id = task.execute(context)
+    assert context["ti"].xcom["video_id"] == video_id
+    assert octopusx_conn.stats.videos_created == 1
+    assert bucket.listed_keys() == sorted(frames)  # only read
+
+
+def test_a_frame_given_as_object_storage_path_carries_its_own_connection(
+    octopusx_conn: Simulator, s3_conn_id: str, bucket: Bucket, context: dict[str, Any]
+) -> None:
+    bucket.write("frames/first.png", png(255, 255, 0))
+    octopusx_conn.configure(generation_seconds=0)
+    task = SubmitVideoOperator(
+        task_id="clip",
+        prompt="A yellow kite",
+        first_image_url=ObjectStoragePath(bucket.uri("frames/first.png"), conn_id=s3_conn_id),
+        poll_interval=0.05,
+    )
+
+    assert task._with_files_inlined()["first_image_url"] == data_uri(png(255, 255, 0))
+    assert task.execute(context) == context["ti"].xcom["video_id"]
