@@ -297,8 +297,9 @@ class OctopusXHook(BaseHook):
         except httpx.TransportError as error:
             raise _transport_error(error, what) from error
         with contextlib.closing(response):
+            # response.url, not request.url: /content may redirect to the CDN, whose refusal is a link's.
             if response.status_code in _EXPIRED_LINK_STATUSES and not self.endpoint.is_api_origin(
-                request.url
+                response.url
             ):
                 raise _LinkRefused(response.status_code)
             _checked(response, sink.video_id, stream=True)

@@ -41,16 +41,42 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="pad served MP4s to this size (default: the bare sample)",
     )
+    parser.add_argument(
+        "--content-redirect",
+        action="store_true",
+        help="answer /v1/videos/{id}/content with a 302 to the signed CDN link",
+    )
+    parser.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="probability that a request meets a random fault (default: %(default)s)",
+    )
+    parser.add_argument("--fault-seed", type=int, default=0, help="seed of the random faults (default: 0)")
+    parser.add_argument(
+        "--slow-seconds",
+        type=float,
+        default=2.0,
+        help="how long a random 'slow' fault holds a request (default: %(default)s)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    settings = Settings(
-        generation_seconds=args.generation_seconds,
-        url_ttl_seconds=args.url_ttl_seconds,
-        video_size_bytes=args.video_size_bytes,
-    )
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings(
+            generation_seconds=args.generation_seconds,
+            url_ttl_seconds=args.url_ttl_seconds,
+            video_size_bytes=args.video_size_bytes,
+            content_redirect=args.content_redirect,
+            fault_rate=args.fault_rate,
+            fault_seed=args.fault_seed,
+            slow_seconds=args.slow_seconds,
+        )
+    except ValueError as error:
+        parser.error(str(error))
     simulator = Simulator(
         host=args.host, port=args.port, cdn_port=args.cdn_port, api_key=args.api_key, settings=settings
     )

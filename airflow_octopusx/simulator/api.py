@@ -5,20 +5,21 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from airflow_octopusx.simulator import signing
 from airflow_octopusx.simulator.faults import ROUTE_CONTENT, ROUTE_CREATE, ROUTE_RETRIEVE
 from airflow_octopusx.simulator.media import VideoBody
-from airflow_octopusx.simulator.responses import VideoResponse, api_error, enact_fault
-from airflow_octopusx.simulator.state import SimulatorState, Video
+from airflow_octopusx.simulator.responses import VideoResponse, api_error, serve_with_fault
+from airflow_octopusx.simulator.state import Settings, SimulatorState, Video
 from airflow_octopusx.simulator.validation import InvalidRequest, validate_create
 
 
@@ -38,10 +39,23 @@ class VideosApi:
         ]
 
     async def create(self, request: Request) -> ASGIApp:
-        self.state.record_request(ROUTE_CREATE, _client(request))
-        outcome = await enact_fault(self.state.take_fault(ROUTE_CREATE), request.scope, cdn=False)
-        if outcome.response is not None:
-            return outcome.response
+        fault = self.state.admit(ROUTE_CREATE, _client(request), prompt=_prompt_of(await request.body()))
+        return await serve_with_fault(fault, request.scope, lambda: self._create(request), cdn=False)
+
+    async def retrieve(self, request: Request) -> ASGIApp:
+        return await self._serve_video(ROUTE_RETRIEVE, request, self._retrieve)
+
+    async def content(self, request: Request) -> ASGIApp:
+        return await self._serve_video(ROUTE_CONTENT, request, self._content)
+
+    async def _serve_video(
+        self, route: str, request: Request, handler: Callable[[Request], Awaitable[ASGIApp]]
+    ) -> ASGIApp:
+        video_id = request.path_params["video_id"]
+        fault = self.state.admit(route, _client(request), video_id=video_id)
+        return await serve_with_fault(fault, request.scope, lambda: handler(request), cdn=False)
+
+    async def _create(self, request: Request) -> ASGIApp:
         if denied := self._deny_unauthenticated(request):
             return denied
         try:
@@ -57,13 +71,9 @@ class VideosApi:
             model = validate_create(payload)
         except InvalidRequest as exc:
             return api_error(400, exc.message, code=exc.code, param=exc.param)
-        return JSONResponse(self._render(self.state.create_video(model)))
+        return JSONResponse(self._render(self.state.create_video(model, payload["prompt"])))
 
-    async def retrieve(self, request: Request) -> ASGIApp:
-        self.state.record_request(ROUTE_RETRIEVE, _client(request))
-        outcome = await enact_fault(self.state.take_fault(ROUTE_RETRIEVE), request.scope, cdn=False)
-        if outcome.response is not None:
-            return outcome.response
+    async def _retrieve(self, request: Request) -> ASGIApp:
         if denied := self._deny_unauthenticated(request):
             return denied
         video = self.state.get_video(request.path_params["video_id"])
@@ -71,11 +81,7 @@ class VideosApi:
             return _video_not_found(request.path_params["video_id"])
         return JSONResponse(self._render(video))
 
-    async def content(self, request: Request) -> ASGIApp:
-        self.state.record_request(ROUTE_CONTENT, _client(request))
-        outcome = await enact_fault(self.state.take_fault(ROUTE_CONTENT), request.scope, cdn=False)
-        if outcome.response is not None:
-            return outcome.response
+    async def _content(self, request: Request) -> ASGIApp:
         if denied := self._deny_unauthenticated(request):
             return denied
         video = self.state.get_video(request.path_params["video_id"])
@@ -88,8 +94,12 @@ class VideosApi:
                 f"Video '{video.id}' is {status}; its content is only available once it is completed.",
                 code="video_not_ready",
             )
-        body = VideoBody.build(self.state.sample, self.state.settings.video_size_bytes)
-        return VideoResponse(body, etag=f'"{video.id}-{body.total}"', truncate=outcome.truncate)
+        settings = self.state.settings
+        if settings.content_redirect:
+            # Like an API that proxies to object storage: the client must follow it to another origin.
+            return RedirectResponse(self._signed_url(video.id, settings), status_code=302)
+        body = VideoBody.build(self.state.sample, settings.video_size_bytes)
+        return VideoResponse(body, etag=f'"{video.id}-{body.total}"', on_sent=self.state.record_video_served)
 
     def _deny_unauthenticated(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -117,15 +127,16 @@ class VideosApi:
             "created_at": video.created_at,
             "video_url": "",
         }
-        if status == "completed" and not self.state.settings.empty_video_url:
-            rendered["video_url"] = self._signed_url(video.id)
+        settings = self.state.settings
+        if status == "completed" and not settings.empty_video_url:
+            rendered["video_url"] = self._signed_url(video.id, settings)
         if status == "failed" and video.failure is not None:
             rendered["error"] = {"message": video.failure.message, "code": video.failure.code}
         return rendered
 
-    def _signed_url(self, video_id: str) -> str:
+    def _signed_url(self, video_id: str, settings: Settings) -> str:
         """A fresh link on every poll, valid for ``url_ttl_seconds`` from now."""
-        expires = int(time.time() + self.state.settings.url_ttl_seconds)
+        expires = int(time.time() + settings.url_ttl_seconds)
         signature = signing.sign(self.state.secret, video_id, expires)
         return f"{self.cdn_url}/videos/{video_id}.mp4?expires={expires}&signature={signature}"
 
@@ -149,6 +160,16 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 def _video_not_found(video_id: str) -> Response:
     return api_error(404, f"No video found with id '{video_id}'.", code="not_found", param="video_id")
+
+
+def _prompt_of(body: bytes) -> str:
+    """The prompt a submission asks for, or "" if the body has none (it will be refused anyway)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return ""
+    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+    return prompt if isinstance(prompt, str) else ""
 
 
 def _client(request: Request) -> tuple[str, int] | None:

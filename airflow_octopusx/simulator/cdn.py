@@ -14,7 +14,7 @@ from starlette.types import ASGIApp
 from airflow_octopusx.simulator import signing
 from airflow_octopusx.simulator.faults import ROUTE_CDN
 from airflow_octopusx.simulator.media import VideoBody
-from airflow_octopusx.simulator.responses import VideoResponse, cdn_error, enact_fault
+from airflow_octopusx.simulator.responses import VideoResponse, cdn_error, serve_with_fault
 from airflow_octopusx.simulator.state import SimulatorState
 
 
@@ -36,14 +36,15 @@ class CdnOrigin:
 
     async def download(self, request: Request) -> ASGIApp:
         client = request.scope.get("client")
-        self.state.record_request(
+        fault = self.state.admit(
             ROUTE_CDN,
             (str(client[0]), int(client[1])) if client else None,
+            video_id=request.path_params["video_id"],
             cdn_authorization=request.headers.getlist("authorization"),
         )
-        outcome = await enact_fault(self.state.take_fault(ROUTE_CDN), request.scope, cdn=True)
-        if outcome.response is not None:
-            return outcome.response
+        return await serve_with_fault(fault, request.scope, lambda: self._download(request), cdn=True)
+
+    async def _download(self, request: Request) -> ASGIApp:
         video_id = request.path_params["video_id"]
         if denied := self._deny_unsigned(request, video_id):
             return denied
@@ -51,7 +52,7 @@ class CdnOrigin:
         if video is None or video.progress_at(time.monotonic())[0] != "completed":
             return cdn_error(404, "NoSuchKey", "The specified key does not exist.")
         body = VideoBody.build(self.state.sample, self.state.settings.video_size_bytes)
-        return VideoResponse(body, etag=f'"{video.id}-{body.total}"', truncate=outcome.truncate)
+        return VideoResponse(body, etag=f'"{video.id}-{body.total}"', on_sent=self.state.record_video_served)
 
     def _deny_unsigned(self, request: Request, video_id: str) -> Response | None:
         expires_text = request.query_params.get("expires", "")

@@ -34,6 +34,11 @@ class ConnectionControl:
             raise RuntimeError("The simulator app must be served through SimulatorApp")
         return control
 
+    @property
+    def client_gone(self) -> bool:
+        """True once the client has closed or dropped the connection (e.g. it timed out)."""
+        return bool(getattr(self._cycle, "disconnected", False))
+
     async def reset(self) -> None:
         """Drop the connection with a TCP RST, discarding anything not yet sent."""
         transport = self._require_transport()

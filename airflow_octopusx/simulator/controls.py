@@ -25,7 +25,7 @@ _Handler = Callable[[Request], Awaitable[JSONResponse]]
 
 
 def control_routes(state: SimulatorState) -> list[BaseRoute]:
-    """Routes for reset, settings, failures, faults and stats."""
+    """Routes for reset, settings, failures, faults, stats and the list of created videos."""
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -70,6 +70,9 @@ def control_routes(state: SimulatorState) -> list[BaseRoute]:
     async def stats(request: Request) -> JSONResponse:
         return JSONResponse(state.stats().to_dict())
 
+    async def videos(request: Request) -> JSONResponse:
+        return JSONResponse({"videos": [video.to_dict() for video in state.videos]})
+
     return [
         Route("/_simulator/health", _guarded(health), methods=["GET"]),
         Route("/_simulator/reset", _guarded(reset), methods=["POST"]),
@@ -80,6 +83,7 @@ def control_routes(state: SimulatorState) -> list[BaseRoute]:
         Route("/_simulator/faults", _guarded(add_faults), methods=["POST"]),
         Route("/_simulator/faults", _guarded(clear_faults), methods=["DELETE"]),
         Route("/_simulator/stats", _guarded(stats), methods=["GET"]),
+        Route("/_simulator/videos", _guarded(videos), methods=["GET"]),
     ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from xml.sax.saxutils import escape
 
@@ -65,7 +65,7 @@ def cdn_error(status: int, code: str, message: str, headers: dict[str, str] | No
 
 
 def fault_response(fault: Fault, *, cdn: bool) -> Response:
-    """The answer of a ``status`` fault, in the dialect of the origin it fires on."""
+    """The answer of a ``status`` fault (or ``status_after_handling``), in the dialect of its origin."""
     headers: dict[str, str] = {}
     if isinstance(fault.retry_after, str):
         headers["Retry-After"] = fault.retry_after
@@ -96,13 +96,25 @@ class VideoResponse:
     """Streams a :class:`VideoBody` with single-range support, or deliberately cuts it short.
 
     With ``truncate`` it advertises the full ``Content-Length``, sends half of the bytes and then
-    closes the connection, the way an interrupted download looks to a client.
+    closes the connection, the way an interrupted download looks to a client. ``on_sent`` is told
+    the number of body bytes handed to the connection and whether it was a range, once it is over.
     """
 
-    def __init__(self, body: VideoBody, *, etag: str, truncate: bool = False) -> None:
+    def __init__(
+        self,
+        body: VideoBody,
+        *,
+        etag: str,
+        truncate: bool = False,
+        on_sent: Callable[[int, bool], None] | None = None,
+    ) -> None:
         self.body = body
         self.etag = etag
         self.truncate = truncate
+        self.on_sent = on_sent
+
+    def truncated(self) -> VideoResponse:
+        return VideoResponse(self.body, etag=self.etag, truncate=True, on_sent=self.on_sent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         total = self.body.total
@@ -130,14 +142,19 @@ class VideoResponse:
         if scope["method"] == "HEAD":
             await send({"type": "http.response.body", "body": b""})
             return
-        if self.truncate:
-            for chunk in self.body.iter_bytes(start, start + (stop - start) // 2):
+        sent = 0
+        try:
+            end = start + (stop - start) // 2 if self.truncate else stop
+            for chunk in self.body.iter_bytes(start, end):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await ConnectionControl.of(scope).close()
-            return
-        for chunk in self.body.iter_bytes(start, stop):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b""})
+                sent += len(chunk)
+            if self.truncate:
+                await ConnectionControl.of(scope).close()
+            else:
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            if self.on_sent is not None:
+                self.on_sent(sent, status == 206)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -147,24 +164,33 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class FaultOutcome:
-    """What a fired fault leaves for the handler: an answer to send instead, or a body to cut short."""
+async def serve_with_fault(
+    fault: Fault | None, scope: Scope, handle: Callable[[], Awaitable[ASGIApp]], *, cdn: bool
+) -> ASGIApp:
+    """Answer a request through ``handle``, misbehaving as ``fault`` says (see :class:`Fault`).
 
-    response: ASGIApp | None = None
-    truncate: bool = False
-
-
-async def enact_fault(fault: Fault | None, scope: Scope, *, cdn: bool) -> FaultOutcome:
-    """Carry out a fault taken for this request (delays happen here, without blocking the loop)."""
+    Faults before handling leave no trace in the service: an error, a reset, or a delay after which a
+    departed client's request is dropped. The after-handling kinds run ``handle`` - a submission creates
+    its video - and only then lose or hold back the answer.
+    """
     if fault is None:
-        return FaultOutcome()
+        return await handle()
+    connection = ConnectionControl.of(scope)
+    if fault.kind == "status":
+        return fault_response(fault, cdn=cdn)
+    if fault.kind == "reset":
+        await connection.reset()
+        return no_response
     if fault.kind == "delay":
         await asyncio.sleep(fault.delay_seconds)
-        return FaultOutcome()
-    if fault.kind == "reset":
-        await ConnectionControl.of(scope).reset()
-        return FaultOutcome(response=no_response)
+        return no_response if connection.client_gone else await handle()
+    response = await handle()
     if fault.kind == "truncate":
-        return FaultOutcome(truncate=True)
-    return FaultOutcome(response=fault_response(fault, cdn=cdn))
+        return response.truncated() if isinstance(response, VideoResponse) else response
+    if fault.kind == "status_after_handling":
+        return fault_response(fault, cdn=cdn)
+    if fault.kind == "reset_after_handling":
+        await connection.reset()
+        return no_response
+    await asyncio.sleep(fault.delay_seconds)  # delay_after_handling
+    return response

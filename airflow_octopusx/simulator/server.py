@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +19,7 @@ from airflow_octopusx.simulator.state import (
     Settings,
     SimulatorState,
     Stats,
+    Video,
 )
 
 _START_TIMEOUT = 10.0
@@ -175,13 +177,31 @@ class Simulator:
         url_ttl_seconds: float | None = None,
         video_size_bytes: int | None = None,
         empty_video_url: bool | None = None,
+        content_redirect: bool | None = None,
+        unambiguous_posts: bool | None = None,
+        fault_rate: float | None = None,
+        fault_seed: int | None = None,
+        fault_kinds: Sequence[str] | None = None,
+        slow_seconds: float | None = None,
+        max_retry_after_seconds: int | None = None,
     ) -> Settings:
-        """Change some settings (until the next :meth:`reset`); returns the settings now in force."""
+        """Change some settings (until the next :meth:`reset`); returns the settings now in force.
+
+        ``fault_rate`` > 0 turns on random faults: e.g. ``configure(fault_rate=0.2, fault_seed=123)``
+        faults one request in five, the same ones on every run with that seed. See :class:`Settings`.
+        """
         changes: dict[str, Any] = {
             "generation_seconds": generation_seconds,
             "url_ttl_seconds": url_ttl_seconds,
             "video_size_bytes": video_size_bytes,
             "empty_video_url": empty_video_url,
+            "content_redirect": content_redirect,
+            "unambiguous_posts": unambiguous_posts,
+            "fault_rate": fault_rate,
+            "fault_seed": fault_seed,
+            "fault_kinds": None if fault_kinds is None else tuple(fault_kinds),
+            "slow_seconds": slow_seconds,
+            "max_retry_after_seconds": max_retry_after_seconds,
         }
         return self._state.configure({k: v for k, v in changes.items() if v is not None})
 
@@ -206,6 +226,11 @@ class Simulator:
     @property
     def pending_faults(self) -> tuple[Fault, ...]:
         return self._state.pending_faults
+
+    @property
+    def videos(self) -> tuple[Video, ...]:
+        """Every video created since the last reset, oldest first: who submitted what, for tests."""
+        return self._state.videos
 
     @property
     def stats(self) -> Stats:

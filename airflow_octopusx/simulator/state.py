@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from airflow_octopusx.simulator.faults import (
+    DEFAULT_RANDOM_FAULT_KINDS,
+    RANDOM_FAULT_KINDS,
     ROUTE_CDN,
     ROUTE_CONTENT,
     ROUTE_CREATE,
     ROUTE_RETRIEVE,
     Fault,
+    RandomFaults,
+    check_seconds,
 )
 from airflow_octopusx.simulator.media import min_padded_size
 
@@ -42,13 +46,28 @@ class Settings:
 
     ``video_size_bytes`` of 0 (or anything not above the sample's size) serves the bare sample;
     ``empty_video_url`` hides ``video_url`` on completed videos so clients must use ``/content``.
-    A ``url_ttl_seconds`` <= 0 hands out links that are already expired.
+    A ``url_ttl_seconds`` <= 0 hands out links that are already expired. ``content_redirect`` makes
+    ``/v1/videos/{id}/content`` answer 302 to the video's signed CDN link, as a proxying API does.
+
+    ``fault_rate`` > 0 turns on random faults (see :class:`~airflow_octopusx.simulator.faults.RandomFaults`):
+    each request to the API and CDN routes meets one with that probability, of a kind from
+    ``fault_kinds``, drawn reproducibly from ``fault_seed``. A ``slow`` fault waits ``slow_seconds``;
+    a ``rate_limit`` fault sends ``Retry-After`` of 0 to ``max_retry_after_seconds``. With
+    ``unambiguous_posts`` a ``POST`` meets only faults whose answer says no work was done (429, 5xx),
+    never a reset or a timeout, which a careful client must treat as "a video may exist".
     """
 
     generation_seconds: float = 3.0
     url_ttl_seconds: float = 3600.0
     video_size_bytes: int = 0
     empty_video_url: bool = False
+    content_redirect: bool = False
+    fault_rate: float = 0.0
+    fault_seed: int = 0
+    fault_kinds: tuple[str, ...] = DEFAULT_RANDOM_FAULT_KINDS
+    slow_seconds: float = 2.0
+    max_retry_after_seconds: int = 1
+    unambiguous_posts: bool = False
 
     def __post_init__(self) -> None:
         for name in ("generation_seconds", "url_ttl_seconds"):
@@ -60,12 +79,45 @@ class Settings:
         size = self.video_size_bytes
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"video_size_bytes must be an int >= 0, got {size!r}")
-        if not isinstance(self.empty_video_url, bool):
-            raise ValueError(f"empty_video_url must be a bool, got {self.empty_video_url!r}")
+        for name in ("empty_video_url", "content_redirect", "unambiguous_posts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        self._check_random_faults()
+
+    def _check_random_faults(self) -> None:
+        rate = self.fault_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise ValueError(f"fault_rate must be a number from 0 to 1, got {rate!r}")
+        if isinstance(self.fault_seed, bool) or not isinstance(self.fault_seed, int):
+            raise ValueError(f"fault_seed must be an int, got {self.fault_seed!r}")
+        kinds = self.fault_kinds
+        if isinstance(kinds, list):  # JSON from the HTTP controls has no tuples
+            kinds = tuple(kinds)
+            object.__setattr__(self, "fault_kinds", kinds)
+        if not isinstance(kinds, tuple) or any(kind not in RANDOM_FAULT_KINDS for kind in kinds):
+            raise ValueError(f"fault_kinds must be a list of {', '.join(RANDOM_FAULT_KINDS)}; got {kinds!r}")
+        check_seconds("slow_seconds", self.slow_seconds)
+        limit = self.max_retry_after_seconds
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"max_retry_after_seconds must be an int >= 0, got {limit!r}")
+
+    @property
+    def random_faults(self) -> RandomFaults:
+        return RandomFaults(
+            rate=self.fault_rate,
+            seed=self.fault_seed,
+            kinds=self.fault_kinds,
+            slow_seconds=self.slow_seconds,
+            max_retry_after_seconds=self.max_retry_after_seconds,
+            content_redirect=self.content_redirect,
+            unambiguous_posts=self.unambiguous_posts,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the HTTP control endpoints."""
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["fault_kinds"] = list(self.fault_kinds)
+        return data
 
 
 @dataclass(frozen=True)
@@ -82,6 +134,7 @@ class Video:
 
     id: str
     model: str
+    prompt: str
     created_at: int
     started: float
     generation_seconds: float
@@ -99,6 +152,18 @@ class Video:
             return "queued", 0
         return "in_progress", _running_progress(fraction)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for ``GET /_simulator/videos``."""
+        status, progress = self.progress_at(time.monotonic())
+        return {
+            "id": self.id,
+            "model": self.model,
+            "prompt": self.prompt,
+            "created_at": self.created_at,
+            "status": status,
+            "progress": progress,
+        }
+
 
 def _running_progress(fraction: float) -> int:
     share = (fraction - QUEUED_FRACTION) / (1.0 - QUEUED_FRACTION)
@@ -112,6 +177,10 @@ class Stats:
     Request counters include requests answered with errors or faults; ``connections`` counts
     distinct client (host, port) pairs on the API and CDN routes, so it shows connection reuse.
     ``cdn_authorization_headers`` lists every ``Authorization`` value the CDN origin received.
+    ``faults_by_route`` counts fired faults (injected and random) per route and
+    :attr:`Fault.label <airflow_octopusx.simulator.faults.Fault.label>`; ``bytes_served`` counts
+    video bytes sent by both origins, cut-short bodies included; ``ranged_responses`` counts ``206``
+    answers to ``Range`` requests (resumed downloads).
     """
 
     posts: int = 0
@@ -125,11 +194,24 @@ class Stats:
     api_connections: int = 0
     cdn_connections: int = 0
     cdn_authorization_headers: tuple[str, ...] = ()
+    faults_by_route: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    bytes_served: int = 0
+    ranged_responses: int = 0
+
+    @property
+    def faults_by_kind(self) -> dict[str, int]:
+        """Fired faults per label, all routes together."""
+        totals: dict[str, int] = {}
+        for counts in self.faults_by_route.values():
+            for label, count in counts.items():
+                totals[label] = totals.get(label, 0) + count
+        return dict(sorted(totals.items()))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``GET /_simulator/stats``."""
         data = dataclasses.asdict(self)
         data["cdn_authorization_headers"] = list(self.cdn_authorization_headers)
+        data["faults_by_route"] = {route: dict(counts) for route, counts in self.faults_by_route.items()}
         return data
 
 
@@ -149,6 +231,11 @@ class _Counters:
     faults_fired: int = 0
     clients: set[tuple[str, str, int]] = field(default_factory=set)
     cdn_authorization_headers: list[str] = field(default_factory=list)
+    faults_by_route: dict[str, dict[str, int]] = field(default_factory=dict)
+    bytes_served: int = 0
+    ranged_responses: int = 0
+    # Requests seen per (route, subject): the n that random faults are drawn for.
+    arrivals: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,6 +253,7 @@ class SimulatorState:
         self._defaults = self._checked(settings or Settings())
         self._lock = threading.Lock()
         self._settings = self._defaults
+        self._random_faults = self._defaults.random_faults
         self._videos: dict[str, Video] = {}
         self._faults: list[_PendingFault] = []
         self._failures: deque[Failure] = deque()
@@ -177,6 +265,7 @@ class SimulatorState:
         """Forget videos, faults, pending failures and counters; restore the default settings."""
         with self._lock:
             self._settings = self._defaults
+            self._random_faults = self._defaults.random_faults
             self._videos.clear()
             self._faults.clear()
             self._failures.clear()
@@ -195,6 +284,7 @@ class SimulatorState:
             raise ValueError(f"Unknown setting(s): {', '.join(unknown)}")
         with self._lock:
             self._settings = self._checked(dataclasses.replace(self._settings, **changes))
+            self._random_faults = self._settings.random_faults
             return self._settings
 
     def _checked(self, settings: Settings) -> Settings:
@@ -243,18 +333,30 @@ class SimulatorState:
                 api_connections=sum(1 for origin, _, _ in c.clients if origin == "api"),
                 cdn_connections=sum(1 for origin, _, _ in c.clients if origin == "cdn"),
                 cdn_authorization_headers=tuple(c.cdn_authorization_headers),
+                faults_by_route={route: dict(labels) for route, labels in c.faults_by_route.items()},
+                bytes_served=c.bytes_served,
+                ranged_responses=c.ranged_responses,
             )
 
     # -- used by the app --------------------------------------------------------------------------
 
-    def record_request(
+    def admit(
         self,
         route: str,
         client: tuple[str, int] | None,
         *,
+        video_id: str | None = None,
+        prompt: str | None = None,
         cdn_authorization: list[str] | None = None,
-    ) -> None:
-        """Count one request on ``route`` and remember the TCP connection it came on."""
+    ) -> Fault | None:
+        """Count one request on ``route`` and return the fault it meets, if any.
+
+        An injected fault for the route comes first (the oldest). Otherwise random faults are drawn for
+        the ``n``-th request on this route about one subject: the prompt of the video the request is
+        about (``prompt`` of a submission, or the prompt ``video_id`` was made with; an unknown id
+        stands for itself). Keyed on prompts rather than the random video ids, a run with the same seed
+        and prompts meets the same faults. One lock round per request, for speed.
+        """
         origin = "cdn" if route == ROUTE_CDN else "api"
         with self._lock:
             c = self._counters
@@ -263,29 +365,49 @@ class SimulatorState:
                 c.clients.add((origin, client[0], client[1]))
             if cdn_authorization:
                 c.cdn_authorization_headers.extend(cdn_authorization)
+            if prompt is None:
+                video = self._videos.get(video_id or "")
+                subject = video.prompt if video is not None else f"id:{video_id}"
+            else:
+                subject = prompt
+            arrival = (route, subject)
+            n = c.arrivals.get(arrival, 0)
+            c.arrivals[arrival] = n + 1
+            fault = self._take_injected(route) or self._random_faults.draw(route, subject, n)
+            if fault is not None:
+                c.faults_fired += 1
+                labels = c.faults_by_route.setdefault(route, {})
+                labels[fault.label] = labels.get(fault.label, 0) + 1
+            return fault
+
+    def _take_injected(self, route: str) -> Fault | None:
+        """Consume one firing of the oldest fault armed for ``route`` (the lock is held)."""
+        for index, pending in enumerate(self._faults):
+            if pending.fault.route == route:
+                pending.remaining -= 1
+                if pending.remaining <= 0:
+                    del self._faults[index]
+                return pending.fault
+        return None
 
     def record_unauthorized(self) -> None:
         with self._lock:
             self._counters.unauthorized += 1
 
-    def take_fault(self, route: str) -> Fault | None:
-        """Consume one firing of the oldest fault armed for ``route``."""
+    def record_video_served(self, count: int, ranged: bool) -> None:
+        """Count the body bytes of one video response, and whether it answered a ``Range``."""
         with self._lock:
-            for index, pending in enumerate(self._faults):
-                if pending.fault.route == route:
-                    pending.remaining -= 1
-                    if pending.remaining <= 0:
-                        del self._faults[index]
-                    self._counters.faults_fired += 1
-                    return pending.fault
-            return None
+            self._counters.bytes_served += count
+            if ranged:
+                self._counters.ranged_responses += 1
 
-    def create_video(self, model: str) -> Video:
+    def create_video(self, model: str, prompt: str) -> Video:
         """Register a new task, using up a pending ``fail_next`` failure if there is one."""
         with self._lock:
             video = Video(
                 id=f"video_{secrets.token_hex(12)}",
                 model=model,
+                prompt=prompt,
                 created_at=int(time.time()),
                 started=time.monotonic(),
                 generation_seconds=self._settings.generation_seconds,
@@ -298,3 +420,9 @@ class SimulatorState:
     def get_video(self, video_id: str) -> Video | None:
         with self._lock:
             return self._videos.get(video_id)
+
+    @property
+    def videos(self) -> tuple[Video, ...]:
+        """Every video created since the last reset, oldest first."""
+        with self._lock:
+            return tuple(self._videos.values())

@@ -268,6 +268,20 @@ class TestDownload:
         assert (stats.cdn_gets, stats.content_gets) == (cdn_gets, content_gets)
         assert stats.gets - before == video_gets - 1  # the video is looked up afresh for every attempt
 
+    def test_the_key_is_dropped_when_content_redirects_to_the_cdn(
+        self, hook: OctopusXHook, octopusx_conn: Simulator
+    ) -> None:
+        octopusx_conn.configure(empty_video_url=True, content_redirect=True)
+        video = hook.submit_video(REQUEST)
+        wait_completed(hook, video.id)
+        octopusx_conn.inject(Fault(route="GET cdn", status=403))  # the first redirect's link is refused
+        sink = io.BytesIO()
+        hook.download_video(video.id, sink)
+        assert sink.getvalue() == sample_mp4()
+        stats = octopusx_conn.stats
+        assert (stats.content_gets, stats.cdn_gets) == (2, 2)
+        assert stats.cdn_authorization_headers == ()
+
     @pytest.mark.parametrize("route", ["GET cdn", "GET /v1/videos/{id}/content"])
     def test_a_cut_transfer_resumes_where_it_stopped(
         self, hook: OctopusXHook, octopusx_conn: Simulator, route: str

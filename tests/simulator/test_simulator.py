@@ -316,6 +316,21 @@ def test_lifecycle_queued_in_progress_completed(octopusx_simulator: Simulator, c
     assert re.fullmatch(r"[0-9a-f]{64}", query["signature"][0])
 
 
+def test_created_videos_are_listed_with_their_prompt(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    octopusx_simulator.configure(generation_seconds=60)
+    first = create(client, prompt="first")["id"]
+    second = create(client, prompt="second")["id"]
+    assert [(v.id, v.prompt) for v in octopusx_simulator.videos] == [(first, "first"), (second, "second")]
+    listed = httpx.get(f"{octopusx_simulator.api_url}/_simulator/videos").json()["videos"]
+    assert [(v["id"], v["prompt"], v["status"]) for v in listed] == [
+        (first, "first", "queued"),
+        (second, "second", "queued"),
+    ]
+    assert octopusx_simulator.stats.gets == 0  # the control route is not counted
+
+
 def test_unknown_video_is_404(client: httpx.Client) -> None:
     for path in ("/v1/videos/video_missing", "/v1/videos/video_missing/content"):
         response = client.get(path)
@@ -381,6 +396,28 @@ def test_empty_video_url_setting_forces_content_endpoint(
     video = completed_video(octopusx_simulator, client)
     assert video["video_url"] == ""
     assert client.get(f"/v1/videos/{video['id']}/content").content == SAMPLE
+
+
+def test_content_redirect_sends_clients_to_the_signed_cdn_link(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    octopusx_simulator.configure(content_redirect=True, video_size_bytes=2 * 1024 * 1024)
+    video = completed_video(octopusx_simulator, client)
+    redirect = client.get(f"/v1/videos/{video['id']}/content")
+    assert redirect.status_code == 302
+    location = redirect.headers["location"]
+    assert location.startswith(f"{octopusx_simulator.cdn_url}/videos/{video['id']}.mp4?expires=")
+    assert octopusx_simulator.stats.bytes_served == 0
+    # httpx drops the Authorization header when a redirect leaves the origin; the CDN sees no key.
+    followed = client.get(f"/v1/videos/{video['id']}/content", follow_redirects=True)
+    assert followed.status_code == 200
+    assert followed.content[: len(SAMPLE)] == SAMPLE
+    stats = octopusx_simulator.stats
+    assert (stats.content_gets, stats.cdn_gets) == (2, 1)
+    assert stats.cdn_authorization_headers == ()
+    # A client that re-sends the key to the redirect target is caught.
+    httpx.get(location, headers=auth(octopusx_simulator))
+    assert octopusx_simulator.stats.cdn_authorization_headers == (f"Bearer {octopusx_simulator.api_key}",)
 
 
 def test_cdn_serves_without_auth_and_records_authorization(
@@ -490,6 +527,9 @@ def test_single_range_requests_get_206(
     assert head.status_code == 200
     assert head.headers["accept-ranges"] == "bytes"
     assert int(head.headers["content-length"]) == total
+    stats = octopusx_simulator.stats
+    assert stats.ranged_responses == len(cases)
+    assert stats.bytes_served == sum(stop - start for start, stop in cases.values())
 
 
 def test_padded_video_has_exact_size_and_still_plays(
@@ -684,6 +724,207 @@ def test_invalid_faults_are_rejected(kwargs: dict[str, Any]) -> None:
         Fault(**kwargs)
 
 
+def test_delay_fault_drops_the_request_of_a_client_that_left(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    octopusx_simulator.inject(Fault(route="POST /v1/videos", kind="delay", delay_seconds=0.4))
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/videos", json=VALID, timeout=0.1)
+    time.sleep(0.6)  # past the delay: the request would have been handled by now
+    assert octopusx_simulator.stats.videos_created == 0
+    octopusx_simulator.inject(Fault(route="POST /v1/videos", kind="delay", delay_seconds=0.2))
+    create(client)  # a patient client is answered
+    assert octopusx_simulator.stats.videos_created == 1
+
+
+# -- faults after handling: the ambiguous submission ---------------------------------------------
+
+
+def test_reset_after_handling_creates_the_video_but_loses_the_answer(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    octopusx_simulator.inject(Fault(route="POST /v1/videos", kind="reset_after_handling"))
+    with pytest.raises((httpx.ReadError, httpx.RemoteProtocolError)):
+        client.post("/v1/videos", json=VALID)
+    stats = octopusx_simulator.stats
+    assert (stats.posts, stats.videos_created) == (1, 1)
+    assert stats.faults_by_route == {"POST /v1/videos": {"reset_after_handling": 1}}
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_status_after_handling_creates_the_video_then_answers_an_error(
+    octopusx_simulator: Simulator, client: httpx.Client, status: int
+) -> None:
+    octopusx_simulator.inject(Fault(route="POST /v1/videos", kind="status_after_handling", status=status))
+    response = client.post("/v1/videos", json=VALID)
+    assert response.status_code == status
+    assert error_of(response)["type"] == "server_error"
+    stats = octopusx_simulator.stats
+    assert (stats.posts, stats.videos_created) == (1, 1)
+    assert stats.faults_by_route == {"POST /v1/videos": {f"status {status} after handling": 1}}
+
+
+def test_delay_after_handling_creates_the_video_before_the_client_times_out(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    octopusx_simulator.inject(
+        Fault(route="POST /v1/videos", kind="delay_after_handling", delay_seconds=0.5, times=2)
+    )
+    with pytest.raises(httpx.ReadTimeout):
+        client.post("/v1/videos", json=VALID, timeout=0.2)
+    assert octopusx_simulator.stats.videos_created == 1  # already, while the answer is held back
+    started = time.monotonic()
+    create(client)  # a patient client gets the answer late
+    assert time.monotonic() - started >= 0.45
+    assert octopusx_simulator.stats.videos_created == 2
+
+
+# -- random faults ----------------------------------------------------------------------------------
+
+
+def test_random_faults_are_reproducible_per_seed_and_close_to_the_rate() -> None:
+    mix = Settings(fault_rate=0.2, fault_seed=123).random_faults
+    draws = [mix.draw("GET /v1/videos/{id}", f"prompt {i % 50}", i // 50) for i in range(20_000)]
+    assert draws == [mix.draw("GET /v1/videos/{id}", f"prompt {i % 50}", i // 50) for i in range(20_000)]
+    fired = [fault for fault in draws if fault is not None]
+    assert 0.18 < len(fired) / len(draws) < 0.22
+    labels = {fault.label for fault in fired}
+    assert labels == {"status 429", "status 500", "status 502", "status 503", "status 504", "reset", "delay"}
+    assert {fault.retry_after for fault in fired if fault.status == 429 and fault.kind == "status"} == {0, 1}
+    assert {fault.delay_seconds for fault in fired if fault.kind == "delay"} == {2.0}
+    other_seed = Settings(fault_rate=0.2, fault_seed=124).random_faults
+    assert draws != [
+        other_seed.draw("GET /v1/videos/{id}", f"prompt {i % 50}", i // 50) for i in range(20_000)
+    ]
+    assert Settings().random_faults.draw("POST /v1/videos", "prompt", 0) is None
+
+
+def test_random_faults_repeat_for_the_same_seed_and_prompts(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    """Video ids are random, so the draws follow each video's prompt and the request's ordinal."""
+
+    def run() -> list[tuple[int, str | None]]:
+        octopusx_simulator.reset()
+        octopusx_simulator.configure(
+            generation_seconds=0, fault_rate=0.4, fault_seed=5, fault_kinds=["server_error", "rate_limit"]
+        )
+        seen = []
+        for i in range(12):
+            response = client.post("/v1/videos", json={**VALID, "prompt": f"prompt {i}"})
+            seen.append((response.status_code, response.headers.get("retry-after")))
+            if response.status_code == 200:
+                for _ in range(3):
+                    poll = client.get(f"/v1/videos/{response.json()['id']}")
+                    seen.append((poll.status_code, poll.headers.get("retry-after")))
+        return seen
+
+    first = run()
+    assert {status for status, _ in first} > {200}
+    assert run() == first
+
+
+@pytest.mark.parametrize(
+    ("route", "labels"),
+    [
+        ("POST /v1/videos", {"status 429", "status 5xx", "reset", "delay"}),
+        ("GET /v1/videos/{id}", {"status 429", "status 5xx", "reset", "delay"}),
+        ("GET /v1/videos/{id}/content", {"status 429", "status 5xx", "reset", "delay", "truncate"}),
+        ("GET cdn", {"status 429", "status 5xx", "reset", "delay", "truncate", "status 403"}),
+    ],
+)
+def test_random_faults_fit_their_route_and_leave_out_ambiguous_ones(route: str, labels: set[str]) -> None:
+    mix = Settings(fault_rate=1.0, slow_seconds=0.5, max_retry_after_seconds=0).random_faults
+    faults = [mix.draw(route, "a prompt", n) for n in range(2_000)]
+    assert all(fault is not None for fault in faults)
+    assert {re.sub(r"status 5\d\d", "status 5xx", f.label) for f in faults if f is not None} == labels
+    expired = [f for f in faults if f is not None and f.status == 403 and f.kind == "status"]
+    assert all((f.code, f.message) == ("AccessDenied", "Request has expired") for f in expired)
+
+
+def test_random_faults_do_not_cut_a_content_redirect() -> None:
+    mix = Settings(fault_rate=1.0, fault_kinds=("truncate", "reset"), content_redirect=True).random_faults
+    route = "GET /v1/videos/{id}/content"
+    assert {f.label for n in range(200) if (f := mix.draw(route, "a prompt", n))} == {"reset"}
+    assert {f.label for n in range(200) if (f := mix.draw("GET cdn", "a prompt", n))} == {"reset", "truncate"}
+
+
+def test_after_handling_faults_join_the_mix_only_on_request_and_only_on_post() -> None:
+    kinds = ("server_error_after_handling", "reset_after_handling", "delay_after_handling")
+    mix = Settings(fault_rate=1.0, fault_kinds=kinds).random_faults
+    labels = {f.label for n in range(200) if (f := mix.draw("POST /v1/videos", "a prompt", n))}
+    assert labels == {
+        *(f"status {status} after handling" for status in (500, 502, 503, 504)),
+        "reset_after_handling",
+        "delay_after_handling",
+    }
+    assert mix.draw("GET /v1/videos/{id}", "a prompt", 0) is None
+    assert mix.draw("GET cdn", "a prompt", 0) is None
+
+
+def test_random_faulted_submissions_never_create_a_video(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    octopusx_simulator.configure(fault_rate=0.5, fault_seed=7, slow_seconds=0.3)
+    answered = 0
+    for _ in range(60):
+        try:
+            response = client.post("/v1/videos", json=VALID, timeout=0.15)
+        except httpx.TransportError:  # reset, or slow past the client's timeout
+            continue
+        answered += response.status_code == 200
+    time.sleep(0.4)  # let slow requests whose client left reach their end
+    stats = octopusx_simulator.stats
+    by_kind = stats.faults_by_kind
+    assert stats.posts == 60
+    assert stats.faults_fired == sum(by_kind.values()) == 60 - answered
+    assert {"reset", "delay", "status 429"} <= set(by_kind)
+    assert stats.videos_created == answered
+
+
+def test_random_faults_hit_downloads_and_count_bytes(
+    octopusx_simulator: Simulator, client: httpx.Client
+) -> None:
+    size = 1024 * 1024 + 100
+    octopusx_simulator.configure(video_size_bytes=size)
+    url = completed_video(octopusx_simulator, client)["video_url"]
+    octopusx_simulator.configure(fault_rate=1.0, fault_kinds=["truncate"])
+    assert octopusx_simulator.settings.fault_kinds == ("truncate",)
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(url)
+    octopusx_simulator.configure(fault_kinds=["expired_link"])
+    expired = httpx.get(url)
+    assert expired.status_code == 403
+    assert "<Code>AccessDenied</Code><Message>Request has expired</Message>" in expired.text
+    octopusx_simulator.configure(fault_rate=0)
+    assert len(httpx.get(url).content) == size
+    stats = octopusx_simulator.stats
+    assert stats.faults_by_route == {"GET cdn": {"truncate": 1, "status 403": 1}}
+    assert stats.bytes_served == size // 2 + size
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"fault_rate": 1.5},
+        {"fault_rate": -0.1},
+        {"fault_rate": True},
+        {"fault_seed": "x"},
+        {"fault_kinds": ["nope"]},
+        {"fault_kinds": "reset"},
+        {"slow_seconds": -1},
+        {"slow_seconds": float("inf")},
+        {"max_retry_after_seconds": -1},
+        {"max_retry_after_seconds": 0.5},
+        {"content_redirect": "yes"},
+    ],
+)
+def test_invalid_fault_settings_are_rejected(octopusx_simulator: Simulator, changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the messages differ per field
+        octopusx_simulator.configure(**changes)
+    assert octopusx_simulator.settings == Settings()
+
+
 # -- stats -----------------------------------------------------------------------------------------
 
 
@@ -709,6 +950,8 @@ def test_stats_count_routes_and_distinct_connections(
     assert stats.cdn_connections == 2
     assert stats.connections == 3
     assert stats.cdn_authorization_headers == ()
+    assert stats.bytes_served == 4 * len(SAMPLE)
+    assert stats.faults_by_route == {}
 
 
 # -- HTTP controls -----------------------------------------------------------------------------------
@@ -750,6 +993,16 @@ def test_http_controls(octopusx_simulator: Simulator, client: httpx.Client) -> N
         stats = controls.get("/stats").json()
         assert stats == octopusx_simulator.stats.to_dict()
         assert (stats["posts"], stats["videos_created"], stats["faults_fired"]) == (2, 1, 1)
+        assert stats["faults_by_route"] == {"POST /v1/videos": {"status 429": 1}}
+
+        random_faults = {"fault_rate": 1, "fault_seed": 123, "fault_kinds": ["server_error"]}
+        settings = controls.post("/settings", json=random_faults)
+        assert settings.status_code == 200
+        assert {k: settings.json()[k] for k in random_faults} == random_faults
+        assert octopusx_simulator.settings.fault_kinds == ("server_error",)
+        assert client.post("/v1/videos", json=VALID).status_code in (500, 502, 503, 504)
+        assert controls.post("/settings", json={"fault_kinds": ["bogus"]}).status_code == 400
+        assert controls.post("/settings", json={"fault_rate": 2}).status_code == 400
 
         assert controls.post("/reset").status_code == 200
         assert octopusx_simulator.settings == Settings()
