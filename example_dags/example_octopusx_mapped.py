@@ -1,6 +1,8 @@
-"""Fan out: one video per prompt with dynamic task mapping, each stored as it finishes.
+"""Fan out: one video per prompt with dynamic task mapping, then one download per video.
 
-Every mapped submission waits in the triggerer, so ten (or a thousand) waiting videos hold no worker slot.
+Every mapped submission waits in the triggerer, so ten (or a thousand) waiting videos hold no worker
+slot. The downloads start once all submissions are done (mapping over ``submit.output`` waits for the
+whole mapped task); put submit and download in a mapped task group to store each video as it finishes.
 """
 
 from __future__ import annotations

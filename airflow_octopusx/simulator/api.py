@@ -71,7 +71,11 @@ class VideosApi:
             model = validate_create(payload)
         except InvalidRequest as exc:
             return api_error(400, exc.message, code=exc.code, param=exc.param)
-        return JSONResponse(self._render(self.state.create_video(model, payload["prompt"])))
+        seconds, resolution = payload.get("seconds"), payload.get("resolution")
+        video = self.state.create_video(
+            model, payload["prompt"], None if seconds is None else str(seconds), resolution
+        )
+        return JSONResponse(self._render(video))
 
     async def _retrieve(self, request: Request) -> ASGIApp:
         if denied := self._deny_unauthenticated(request):
@@ -79,7 +83,10 @@ class VideosApi:
         video = self.state.get_video(request.path_params["video_id"])
         if video is None:
             return _video_not_found(request.path_params["video_id"])
-        return JSONResponse(self._render(video))
+        # A retrieved video also echoes what was asked for (the create answer keeps its documented shape).
+        described = {"prompt": video.prompt, "seconds": video.seconds, "resolution": video.resolution}
+        rendered = self._render(video) | {key: value for key, value in described.items() if value is not None}
+        return JSONResponse(rendered)
 
     async def _content(self, request: Request) -> ASGIApp:
         if denied := self._deny_unauthenticated(request):

@@ -139,6 +139,9 @@ class Video:
     started: float
     generation_seconds: float
     failure: Failure | None = None
+    #: Echoed on GET, as OpenAI-style video objects do; clients must not rely on them.
+    seconds: str | None = None
+    resolution: str | None = None
 
     def progress_at(self, now: float) -> tuple[VideoStatus, int]:
         """Status and integer progress at monotonic time ``now``."""
@@ -401,7 +404,9 @@ class SimulatorState:
             if ranged:
                 self._counters.ranged_responses += 1
 
-    def create_video(self, model: str, prompt: str) -> Video:
+    def create_video(
+        self, model: str, prompt: str, seconds: str | None = None, resolution: str | None = None
+    ) -> Video:
         """Register a new task, using up a pending ``fail_next`` failure if there is one."""
         with self._lock:
             video = Video(
@@ -412,6 +417,8 @@ class SimulatorState:
                 started=time.monotonic(),
                 generation_seconds=self._settings.generation_seconds,
                 failure=self._failures.popleft() if self._failures else None,
+                seconds=seconds,
+                resolution=resolution,
             )
             self._videos[video.id] = video
             self._counters.videos_created += 1

@@ -32,9 +32,14 @@ def test_a_folder_destination_is_announced_through_the_alias(
 
     [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
     assert event.dest_asset_key.uri == uri == (tmp_path / f"{video_id}.mp4").as_uri()
-    assert event.extra["video_id"] == video_id
-    assert event.extra["model"] == "omni-fast"
-    assert event.extra["bytes"] == len(sample_mp4())
+    assert event.extra == {
+        "video_id": video_id,
+        "model": "omni-fast",
+        "prompt": "A red kite",
+        "seconds": "6",
+        "resolution": "720p",
+        "bytes": len(sample_mp4()),
+    }
 
 
 def test_a_fixed_file_destination_is_declared_as_that_asset(

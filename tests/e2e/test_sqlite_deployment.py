@@ -1,0 +1,103 @@
+"""A real Airflow deployment on SQLite with LocalExecutor: the example DAGs triggered through the REST API,
+and what happens when the triggerer, or a worker's task, is killed while a video renders."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import assert_one_post_per_playable_video
+from tests.e2e.deployment import Deployment, SimulatorProcess, parent_pid, wait_until
+
+# Videos each example submits, and its tasks that wait in the triggerer.
+EXAMPLES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "example_octopusx_text_to_video": (1, ("submit_video",)),
+    "example_octopusx_image_to_video": (2, ("first_frame", "first_and_last_frame")),
+    "example_octopusx_reference_images": (1, ("submit_video",)),
+    "example_octopusx_submit_then_sense": (1, ("wait_for_video",)),
+}
+MAPPED = "octopusx_e2e_mapped"
+RESUME = "octopusx_e2e_resume"
+
+
+def test_examples_defer_to_the_triggerer_and_store_playable_mp4s(
+    deployment: Deployment, simulator: SimulatorProcess, videos: Path
+) -> None:
+    # Long enough that the sensor, which starts only after its submit task ends, still finds it running.
+    simulator.configure(generation_seconds=10)
+    runs = {dag_id: deployment.trigger(dag_id) for dag_id in EXAMPLES}
+    states: dict[tuple[str, str], set[str]] = defaultdict(set)
+
+    def record_states() -> None:
+        for dag_id, run_id in runs.items():
+            for ti in deployment.api.task_instances(dag_id, run_id):
+                states[dag_id, ti["task_id"]].add(ti["state"])
+
+    for dag_id, run_id in runs.items():
+        assert deployment.wait_for_run(dag_id, run_id, timeout=120, on_poll=record_states) == "success"
+
+    triggerer = deployment.triggerer.job_id
+    for dag_id, (_, waiting_tasks) in EXAMPLES.items():
+        for task_id in waiting_tasks:
+            assert "deferred" in states[dag_id, task_id], (dag_id, task_id)
+            # The trigger's own log lines, written by the triggerer process's job.
+            trigger_log = deployment.task_log(dag_id, runs[dag_id], task_id, triggerer_job=triggerer)
+            assert re.search(r"Video \S+: completed, 100%", trigger_log), (dag_id, task_id)
+            assert "Trigger fired event" in trigger_log
+    assert_one_post_per_playable_video(simulator, videos, sum(count for count, _ in EXAMPLES.values()))
+
+
+def test_killed_triggerer_is_replaced_and_every_video_is_submitted_once(
+    deployment: Deployment, simulator: SimulatorProcess, videos: Path
+) -> None:
+    simulator.configure(generation_seconds=15)
+    run_id = deployment.trigger(MAPPED, {"videos": 4})
+    old = deployment.triggerer
+    holders = deployment.wait_for_deferred(MAPPED, run_id, "submit_video", count=4)
+    assert set(holders.values()) == {old.job_id}
+
+    old.component.kill()
+    new = deployment.start_triggerer()
+
+    assert deployment.wait_for_run(MAPPED, run_id, timeout=120) == "success"
+    for map_index in holders:
+        log = deployment.task_log(MAPPED, run_id, "submit_video", 1, map_index, triggerer_job=new.job_id)
+        assert "Trigger fired event" in log, map_index
+    assert_one_post_per_playable_video(simulator, videos, 4)
+
+
+@pytest.mark.parametrize("victim", ["task process", "supervisor and task process"])
+def test_killed_worker_task_is_retried_and_resumes_the_same_video(
+    deployment: Deployment, simulator: SimulatorProcess, victim: str
+) -> None:
+    """Killing the task alone is reported by its supervisor at once; killing the supervisor too leaves
+    the scheduler to notice the missing heartbeats. Either way the retry must not pay for a new video."""
+    simulator.configure(generation_seconds=20)
+    run_id = deployment.trigger(RESUME)
+
+    def polling_task() -> int | None:
+        (ti,) = deployment.api.task_instances(RESUME, run_id)
+        # Submitted, looked up once, and now in the wait loop.
+        if ti["state"] != "running" or simulator.stats()["gets"] < 2:
+            return None
+        return deployment.task_process(ti["id"])
+
+    task_pid = wait_until(polling_task, timeout=60, what="the first try to poll its video")
+    supervisor = parent_pid(task_pid)
+    assert supervisor is not None
+    for pid in [task_pid] if victim == "task process" else [supervisor, task_pid]:
+        os.kill(pid, signal.SIGKILL)
+
+    assert deployment.wait_for_run(RESUME, run_id, timeout=120) == "success"
+    tries = deployment.api.tries(RESUME, run_id, "submit_video")
+    assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")]
+    submitted = re.search(r"Submitted video (\S+)", deployment.task_log(RESUME, run_id, "submit_video", 1))
+    assert submitted is not None
+    assert deployment.api.xcom(RESUME, run_id, "submit_video") == submitted.group(1)
+    stats = simulator.stats()
+    assert stats["posts"] == stats["videos_created"] == 1
