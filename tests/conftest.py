@@ -85,6 +85,9 @@ class MemoryTaskStateStore:
     def set(self, key: str, value: Any) -> None:
         self.values[key] = value
 
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
 
 @pytest.fixture
 def context() -> dict[str, Any]:

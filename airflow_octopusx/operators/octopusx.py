@@ -208,6 +208,7 @@ class SubmitVideoOperator(BaseOperator):
         video = self._submit_or_resume(context, request)
         context["ti"].xcom_push(key="video_id", value=video.id)
         if not self.wait_for_completion:
+            _forget_submission(context)
             return video.id
 
         deadline = time.time() + self.timeout
@@ -284,7 +285,15 @@ class SubmitVideoOperator(BaseOperator):
         host = urlsplit(video.video_url).hostname if video.video_url else "the API's /content download"
         self.log.info("Video %s completed; it can be fetched from %s", video.id, host)
         context["ti"].xcom_push(key=VIDEO_URL_XCOM_KEY, value=video.video_url)
+        _forget_submission(context)
         return video.id
+
+
+def _forget_submission(context: Context) -> None:
+    """The task succeeded: clearing it later must make a new video, not resume this one."""
+    store = context.get("task_state_store")
+    if store is not None:
+        store.delete(SUBMISSION_STATE_KEY)
 
 
 class DownloadVideoOperator(BaseOperator):
@@ -303,8 +312,8 @@ class DownloadVideoOperator(BaseOperator):
     :param asset_alias: the stored video is announced as an Airflow asset with its metadata (video id,
         model, prompt, seconds, resolution, bytes), so DAGs can be scheduled on new videos. A fixed
         ``.mp4`` destination is declared as that ``Asset``; any other destination (a folder, a template)
-        is only known at run time and is announced through ``AssetAlias(asset_alias)``. Ignored when
-        ``outlets`` is given.
+        is only known at run time and is announced through ``AssetAlias(asset_alias)``. ``None``
+        announces nothing; given ``outlets`` are kept as they are.
     :return: the destination URI.
     """
 
@@ -320,10 +329,11 @@ class DownloadVideoOperator(BaseOperator):
         overwrite: bool = False,
         octopusx_conn_id: str = OctopusXHook.default_conn_name,
         max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
-        asset_alias: str = DEFAULT_ASSET_ALIAS,
+        asset_alias: str | None = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,
     ) -> None:
-        if "outlets" not in kwargs:
+        # Empty as well as absent: .partial() passes outlets=[] when none are given.
+        if not kwargs.get("outlets") and asset_alias is not None:
             kwargs["outlets"] = [_declared_asset(destination) or AssetAlias(asset_alias)]
         super().__init__(**kwargs)
         self.video_id = video_id
@@ -340,7 +350,9 @@ class DownloadVideoOperator(BaseOperator):
             raise AirflowFailException(str(error)) from error
         target = self._target()
         if not self.overwrite and target.exists():
-            raise AirflowFailException(f"{target} already exists; pass overwrite=True to replace it")
+            raise AirflowFailException(
+                f"{_plain_uri(target)} already exists; pass overwrite=True to replace it"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
         started = time.monotonic()
@@ -417,14 +429,18 @@ class DownloadVideoOperator(BaseOperator):
 
 
 def _declared_asset(destination: str | ObjectStoragePath) -> Asset | None:
-    """The asset a fixed ``.mp4`` destination will be; None when only the run can tell."""
+    """The asset a fixed ``.mp4`` destination will be; None when only the run can tell.
+
+    Decided from the text alone: parsing a DAG must not load a storage backend. A relative path depends
+    on the worker's working directory, so it too is known only at run time.
+    """
     if isinstance(destination, ObjectStoragePath):
-        return Asset(_plain_uri(destination)) if destination.suffix == ".mp4" else None
-    if "{{" in destination or "{%" in destination or not destination.endswith(".mp4"):
+        return Asset(_plain_uri(destination)) if destination.suffix.lower() == ".mp4" else None
+    if "{{" in destination or "{%" in destination or not destination.lower().endswith(".mp4"):
         return None
-    if "://" not in destination:
-        destination = f"file://{Path(destination).absolute()}"
-    return Asset(_plain_uri(ObjectStoragePath(destination)))
+    if "://" in destination:
+        return Asset(destination)
+    return Asset(f"file://{destination}") if Path(destination).is_absolute() else None
 
 
 def _plain_uri(path: ObjectStoragePath) -> str:

@@ -55,6 +55,16 @@ def test_every_example_imports_cleanly_and_is_covered(dagbag: Any) -> None:
     assert sorted(dagbag.dag_ids) == sorted(EXPECTED.keys() | CONSUMERS)
 
 
+def announced_uris(run: Any) -> list[str]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run.run_id)).all()
+        return [event.asset.uri for event in events]
+
+
 def decoded_frames(path: Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(container.streams.video[0]))
@@ -86,6 +96,8 @@ def test_example_runs_defers_and_stores_playable_mp4s(
     assert sorted(pushed.values()) == sorted(path.stem for path in stored)
     for task_id in deferring_tasks:
         assert returned[task_id] in pushed.values()
+    # Every stored video is announced as an asset event, mapped downloads included.
+    assert sorted(announced_uris(run)) == sorted(path.as_uri() for path in stored)
     # A submit task that waited gets an "OctopusX video" extra link to the finished MP4.
     links = xcom_values(run, "_link_OctopusXVideoLink")
     for task_id in deferring_tasks & pushed.keys():

@@ -63,5 +63,12 @@ def test_templated_destinations_use_the_alias_and_given_outlets_are_kept(tmp_pat
         task_id="b", video_id="v", destination=f"{tmp_path}/", asset_alias="teasers"
     )
     assert custom.outlets == [AssetAlias("teasers")]
-    chosen = DownloadVideoOperator(task_id="c", video_id="v", destination=f"{tmp_path}/", outlets=[])
-    assert chosen.outlets == []
+    silent = DownloadVideoOperator(task_id="c", video_id="v", destination=f"{tmp_path}/", asset_alias=None)
+    assert silent.outlets == []
+    chosen = DownloadVideoOperator(task_id="d", video_id="v", destination="/x/", outlets=[Asset("s3://b/k")])
+    assert chosen.outlets == [Asset("s3://b/k")]
+    # A relative path depends on the worker's directory; an upper-case suffix is still an MP4.
+    relative = DownloadVideoOperator(task_id="e", video_id="v", destination="videos/clip.mp4")
+    assert relative.outlets == [AssetAlias(DEFAULT_ASSET_ALIAS)]
+    upper = DownloadVideoOperator(task_id="f", video_id="v", destination="s3://bucket/CLIP.MP4")
+    assert upper.outlets == [Asset("s3://bucket/CLIP.MP4")]

@@ -177,6 +177,8 @@ class TestResumeOnRetry:
         assert operator(deferrable=False, poll_interval=0.05).execute(retry) == first
         assert retry["ti"].xcom["video_id"] == first
         assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 1
+        # Done: clearing the task later makes a new video rather than resuming this one.
+        assert context["task_state_store"].values == {}
 
     def test_a_video_that_failed_is_submitted_again(
         self, octopusx_conn: Simulator, context: dict[str, Any]
