@@ -14,10 +14,12 @@ import json
 import os
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _START_TIMEOUT = 30.0
+#: Source address of the benchmarks' control requests to the simulator (all of 127/8 is loopback).
+CONTROL_ADDRESS = "127.0.0.2"
 #: The body every benchmark submits: what ``SubmitVideoOperator(prompt=..., seconds=8)`` sends.
 VIDEO_REQUEST = {"model": "omni-fast", "prompt": "Ocean waves at golden hour", "seconds": "8"}
 
@@ -71,20 +75,33 @@ def memory_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
     raise KeyError(field)
 
 
-def reset_peak_rss() -> bool:
-    """Reset this process's ``VmHWM`` to its current RSS (Linux ``clear_refs`` 5); False if not allowed."""
+def reset_peak_rss(pid: int | str = "self") -> bool:
+    """Reset a process's ``VmHWM`` to its current RSS (Linux ``clear_refs`` 5); False if not allowed."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
     except OSError:
         return False
     return True
 
 
 def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (``/proc/stat``), to see what else ran meanwhile."""
-    values = [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    """CPU seconds all cores spent running processes (user and system time, not interrupts) since boot."""
+    user, nice, system = (int(value) for value in Path("/proc/stat").read_text().split(maxsplit=4)[1:4])
+    return (user + nice + system) / CLOCK_TICKS
+
+
+def kernel_threads_cpu_seconds() -> float:
+    """CPU seconds of all kernel threads (children of kthreadd), e.g. page writeback after a download."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            rest = stat.read_text().rpartition(")")[2]
+        except OSError:  # the process ended meanwhile
+            continue
+        fields = rest.split()
+        if stat.parent.name == "2" or fields[1] == "2":
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def use_product_ref(ref: str, into: Path) -> str:
@@ -170,10 +187,12 @@ class Window:
         self._cpu: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
         self.machine = 0.0
+        self.kernel = 0.0
 
     def __enter__(self) -> Window:
         self._cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self._machine = machine_busy_seconds()
+        self._kernel = kernel_threads_cpu_seconds()
         self.started = time.monotonic()
         return self
 
@@ -181,6 +200,7 @@ class Window:
         self.wall = time.monotonic() - self.started
         self.cpu = {name: cpu_seconds(pid) - self._cpu[name] for name, pid in self.pids.items()}
         self.machine = machine_busy_seconds() - self._machine
+        self.kernel = kernel_threads_cpu_seconds() - self._kernel
 
     def cpu_so_far(self, name: str) -> float:
         """CPU seconds ``name`` has used since the window opened (while it is still open)."""
@@ -188,8 +208,45 @@ class Window:
 
     @property
     def others(self) -> float:
-        """CPU seconds used by processes not in ``pids`` (other engineers' tests, for instance)."""
-        return max(0.0, self.machine - sum(self.cpu.values()))
+        """CPU seconds used by processes neither in ``pids`` nor kernel threads: other engineers' tests."""
+        return max(0.0, self.machine - sum(self.cpu.values()) - self.kernel)
+
+
+class ConnectionCounter:
+    """Samples, from a thread, how many client TCP connections to ``port`` on this host are open at once
+    (``/proc/net/tcp``): the footprint a server sees, which a count of connections accepted over a run
+    overstates when idle connections are closed and replaced. Control requests (from
+    ``CONTROL_ADDRESS``) are not counted."""
+
+    def __init__(self, port: int, every: float = 0.05) -> None:
+        self.port = port
+        self.every = every
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="connection-counter", daemon=True)
+
+    def __enter__(self) -> ConnectionCounter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def open_now(self) -> int:
+        control = socket.inet_aton(CONTROL_ADDRESS)[::-1].hex().upper()  # /proc/net/tcp's byte order
+        count = 0
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, remote, state = line.split()[1:4]
+            local_address, local_port = local.split(":")
+            # Client side: the remote end is the port; 01 is ESTABLISHED.
+            if state == "01" and int(remote.split(":")[1], 16) == self.port:
+                count += int(local_port, 16) != self.port and local_address != control
+        return count
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.open_now())
 
 
 # -- statistics and printing ---------------------------------------------------------------------------
@@ -330,7 +387,10 @@ class SimulatorControl:
         return {"conn_type": "octopusx", "host": self.api_url, "password": self.api_key}
 
     def _call(self, method: str, path: str, payload: Any = None) -> Any:
-        response = httpx.request(method, f"{self.api_url}/_simulator/{path}", json=payload, timeout=30)
+        # From another loopback address, so ConnectionCounter can tell this traffic from the measured one.
+        transport = httpx.HTTPTransport(local_address=CONTROL_ADDRESS)
+        with httpx.Client(transport=transport, timeout=30) as client:
+            response = client.request(method, f"{self.api_url}/_simulator/{path}", json=payload)
         response.raise_for_status()
         return response.json()
 
@@ -345,16 +405,28 @@ class SimulatorControl:
         self._call("POST", "settings", settings)
 
     def submit_videos(self, count: int, *, generation_seconds: float | None = None) -> list[str]:
-        """Create ``count`` videos over one keep-alive connection; its requests are counted in the stats."""
+        """Create ``count`` videos over one keep-alive connection (from ``CONTROL_ADDRESS``); its requests
+        are counted in the stats."""
+        return list(self.submit_videos_timed(count, generation_seconds=generation_seconds))
+
+    def submit_videos_timed(self, count: int, *, generation_seconds: float | None = None) -> dict[str, float]:
+        """Like :meth:`submit_videos`, with the Unix time each video was created (when its answer came)."""
         if generation_seconds is not None:
             self.configure(generation_seconds=generation_seconds)
         headers = {"Authorization": f"Bearer {self.api_key}"}
+        created: dict[str, float] = {}
         try:
-            with httpx.Client(base_url=self.api_url, headers=headers, timeout=30) as client:
-                return [_created_id(client.post("/v1/videos", json=VIDEO_REQUEST)) for _ in range(count)]
+            transport = httpx.HTTPTransport(local_address=CONTROL_ADDRESS)
+            with httpx.Client(
+                base_url=self.api_url, headers=headers, transport=transport, timeout=30
+            ) as client:
+                for _ in range(count):
+                    video_id = _created_id(client.post("/v1/videos", json=VIDEO_REQUEST))
+                    created[video_id] = time.time()
         finally:
             if generation_seconds is not None:
                 self.configure(generation_seconds=self.generation_seconds)
+        return created
 
 
 class SimulatorProcess:
