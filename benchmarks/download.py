@@ -92,7 +92,7 @@ def measure(job: Job) -> dict[str, Any]:
     from airflow_octopusx.hooks.octopusx import OctopusXHook
 
     download = _operator_download if job.variant == "operator" else _hook_download
-    _warm_up(
+    fixed = _warm_up(
         job,
         lambda video_id: ObjectStoragePath(download(job, video_id), conn_id=job.destination_conn_id).unlink(),
     )
@@ -101,12 +101,22 @@ def measure(job: Job) -> dict[str, Any]:
     ObjectStoragePath(target, conn_id=job.destination_conn_id).unlink()
 
     default = inspect.signature(OctopusXHook.download_video).parameters["chunk_size"].default
-    return {**figures, "default_chunk_size": default}
+    return {**figures, "default_chunk_size": default, "fixed_ms": 1000 * fixed}
 
 
 def _operator_download(job: Job, video_id: str) -> str:
-    """``DownloadVideoOperator(...).execute(context)`` with a minimal context; returns where it stored."""
+    """``DownloadVideoOperator(...).execute(context)`` with a minimal context; returns where it stored.
+
+    A ``chunk_size`` other than ``"default"`` replaces the hook's default for this process: what the
+    operator would do with that default, measured without changing the product.
+    """
+    from airflow_octopusx.hooks.octopusx import OctopusXHook
     from airflow_octopusx.operators.octopusx import DownloadVideoOperator
+
+    if job.chunk_size != "default":
+        defaults = OctopusXHook.download_video.__kwdefaults__ or {}
+        defaults["chunk_size"] = _chunk_value(job.chunk_size)
+        OctopusXHook.download_video.__kwdefaults__ = defaults
 
     operator = DownloadVideoOperator(
         task_id="download_video",
@@ -126,7 +136,7 @@ def _hook_download(job: Job, video_id: str) -> str:
 
     options: dict[str, Any] = {}
     if job.chunk_size != "default":
-        options["chunk_size"] = None if job.chunk_size == "none" else int(job.chunk_size)
+        options["chunk_size"] = _chunk_value(job.chunk_size)
     if job.variant == "s3":
         target = ObjectStoragePath(f"{job.destination}{video_id}.mp4", conn_id=job.destination_conn_id)
     else:
@@ -140,12 +150,21 @@ def _hook_download(job: Job, video_id: str) -> str:
     return str(target)
 
 
-def _warm_up(job: Job, download: Callable[[str], object]) -> None:
-    """One download of the bare sample first, so imports and first-use caches are not counted."""
+def _chunk_value(chunk_size: str) -> int | None:
+    return None if chunk_size == "none" else int(chunk_size)
+
+
+def _warm_up(job: Job, download: Callable[[str], object]) -> float:
+    """Two downloads of the bare 14 KB sample first, so imports and first-use caches are not counted;
+    returns the second one's seconds: the fixed cost of a download, whatever its size."""
     simulator = job.simulator
     simulator.configure(video_size_bytes=0)
     try:
-        download(simulator.submit_videos(1, generation_seconds=0)[0])
+        first, second = simulator.submit_videos(2, generation_seconds=0)
+        download(first)
+        started = time.monotonic()
+        download(second)
+        return time.monotonic() - started
     finally:
         simulator.configure(video_size_bytes=job.size)
 
@@ -280,7 +299,7 @@ def _median_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {**best, "mb_per_s": middle, "runs": [round(run["mb_per_s"]) for run in runs]}
 
 
-def report_sizes(results: Sequence[tuple[int, dict[str, Any], dict[str, Any]]]) -> None:
+def report_sizes(results: Sequence[tuple[int, dict[str, Any], dict[str, Any]]], title: str) -> None:
     rows = []
     for size, ours, curl in results:
         speed_ratio = ours["mb_per_s"] / curl["mb_per_s"]
@@ -295,6 +314,7 @@ def report_sizes(results: Sequence[tuple[int, dict[str, Any], dict[str, Any]]]) 
                 verdict(ours["peak_growth_mib"] <= GOAL_PEAK_MIB),
                 f"{ours['cpu']:.2f} / {curl['cpu']:.2f}",
                 f"{ours['page_faults']}",
+                f"{ours['fixed_ms']:.1f}",
                 f"{_share(ours, 'simulator_cpu')} / {_share(curl, 'simulator_cpu')}",
                 f"{_share(ours, 'others_cpu')} / {_share(curl, 'others_cpu')}",
             )
@@ -309,10 +329,11 @@ def report_sizes(results: Sequence[tuple[int, dict[str, Any], dict[str, Any]]]) 
         f"<= {GOAL_PEAK_MIB}",
         "CPU s ours / curl",
         "page faults ours",
+        "ours on a 14 KB video, ms",
         "simulator ours / curl",
         "others ours / curl",
     )
-    print_table("DownloadVideoOperator.execute() to a local folder vs curl -o (median run)", header, rows)
+    print_table(title, header, rows)
     print("  simulator, others: share of one core the simulator, and other users' processes, used meanwhile")
     print(f"  ours ran {results[0][1]['code']}")
 
@@ -372,12 +393,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--chunk-sizes",
-        default="default,none,65536,262144,1048576,4194304",
+        default="default,none,65536,262144,1048576",
         help="hook chunk_size values to sweep: bytes, 'none' (as received) or 'default' (the hook's); "
         "empty to skip (default: %(default)s)",
     )
     parser.add_argument(
-        "--sweep-size-mib", type=int, default=256, help="video size for the sweeps (default: %(default)s)"
+        "--what-if-chunk-size",
+        default="none",
+        help="also run the operator with the hook's default chunk_size replaced by this (bytes or 'none'), "
+        "in the measured process only; empty to skip (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sweep-size-mib", type=int, default=1024, help="video size for the sweeps (default: %(default)s)"
     )
     parser.add_argument("--s3", action="store_true", help="also write to s3:// on a local moto server")
     parser.add_argument(
@@ -432,18 +459,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             video_id = simulator.submit_videos(1, generation_seconds=0)[0]
             return replace(base, video_id=video_id, size=size, **changes)
 
-        results = []
+        results: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+        what_ifs: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
         for size_mib in (int(text) for text in args.sizes_mib.split(",") if text):
             print(f"  {size_mib} MiB: curl and DownloadVideoOperator, {args.repeats} rounds ...", flush=True)
             print(f"    {wait_until_quiet(args.wait_quiet)}", flush=True)
             job = job_for(size_mib)
-            medians = interleaved(
-                {"curl": lambda job=job: curl_download(job), "ours": lambda job=job: in_child(measure, job)},
-                args.repeats,
-            )
+            variants = {
+                "curl": lambda job=job: curl_download(job),
+                "ours": lambda job=job: in_child(measure, job),
+            }
+            if args.what_if_chunk_size:
+                what_if = replace(job, chunk_size=args.what_if_chunk_size)
+                variants["what-if"] = lambda what_if=what_if: in_child(measure, what_if)
+            medians = interleaved(variants, args.repeats)
             results.append((job.size, medians["ours"], medians["curl"]))
+            if args.what_if_chunk_size:
+                what_ifs.append((job.size, medians["what-if"], medians["curl"]))
         if results:
-            report_sizes(results)
+            report_sizes(results, "DownloadVideoOperator.execute() to a local folder vs curl -o (median run)")
+        if what_ifs:
+            report_sizes(
+                what_ifs,
+                f"The same with the hook's default chunk_size set to {_chunk_name(args.what_if_chunk_size)} "
+                "in the measured process (what-if; the product is unchanged)",
+            )
 
         if args.chunk_sizes:
             print(f"  hook chunk_size and write path sweep on {args.sweep_size_mib} MiB ...", flush=True)

@@ -34,9 +34,9 @@ from airflow_octopusx.hooks.shared_clients import SharedAsyncClients
 from airflow_octopusx.models import VideoRequest, VideoTask
 
 DEFAULT_BASE_URL = "https://octopusx.ai"
-# Measured best on a 256 MiB download to a local ObjectStoragePath (benchmarks/download.py sweep):
-# 256 KiB matched curl, 1 MiB reached 0.62x of it, 4 MiB 0.33x. Smaller chunks also refetch less on resume.
-DOWNLOAD_CHUNK_SIZE = 256 * 1024
+# None passes chunks on as the socket delivers them: on 1 GiB it measured 0.90-0.95x curl, against
+# 0.48-0.69x for 256 KiB and 0.31-0.39x for 1 MiB (benchmarks/download.py); memory stays flat either way.
+DOWNLOAD_CHUNK_SIZE: int | None = None
 # Connections of the async client that every trigger of one event loop shares: a poll is one short GET,
 # so a handful of keep-alive connections serve a thousand waiting videos.
 ASYNC_MAX_CONNECTIONS = 8
@@ -244,7 +244,7 @@ class OctopusXHook(BaseHook):
         video_id: str,
         file: IO[bytes],
         *,
-        chunk_size: int = DOWNLOAD_CHUNK_SIZE,
+        chunk_size: int | None = DOWNLOAD_CHUNK_SIZE,
         max_bytes: int | None = None,
     ) -> DownloadedVideo:
         """Stream the finished MP4 into ``file``; nothing is buffered whole.
@@ -289,7 +289,7 @@ class OctopusXHook(BaseHook):
                 time.sleep(delay)
         raise VideoDownloadError(video_id, f"gave up after {self.retry_policy.max_attempts} attempts")
 
-    def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int) -> None:
+    def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int | None) -> None:
         """One GET of the video into ``sink``, from where the last attempt stopped."""
         headers = {"Range": f"bytes={sink.written}-"} if sink.written else {}
         request = self.client.build_request("GET", url, headers=headers)
