@@ -303,7 +303,7 @@ class RecordingTaskInstance:
 
 
 class MemoryTaskStateStore:
-    """Stands in for Airflow 3.3's ``context["task_state_store"]``."""
+    """Stands in for Airflow 3.3's ``context["task_state_store"]``, which outlives a task's tries."""
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
@@ -313,6 +313,9 @@ class MemoryTaskStateStore:
 
     def set(self, key: str, value: Any) -> None:
         self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
 
 
 class RecordingOutletEvent:

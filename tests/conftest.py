@@ -32,6 +32,9 @@ import pytest  # noqa: E402
 from airflow import __version__ as AIRFLOW_VERSION  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
+# One set of task-context stand-ins for tests and benchmarks alike.
+from benchmarks._common import MemoryTaskStateStore, RecordingTaskInstance  # noqa: E402
+
 AIRFLOW_3_3 = Version(AIRFLOW_VERSION) >= Version("3.3")
 
 if TYPE_CHECKING:
@@ -61,32 +64,6 @@ def connection_uri(simulator: Simulator, api_key: str | None = None) -> str:
     return json.dumps(
         {"conn_type": "octopusx", "host": simulator.api_url, "password": api_key or simulator.api_key}
     )
-
-
-class RecordingTaskInstance:
-    """Stands in for ``context["ti"]`` when a test calls ``execute()`` directly."""
-
-    def __init__(self) -> None:
-        self.xcom: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcom[key] = value
-
-
-class MemoryTaskStateStore:
-    """Stands in for Airflow 3.3's ``context["task_state_store"]``, which outlives a task's tries."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        self.values[key] = value
-
-    def delete(self, key: str) -> None:
-        self.values.pop(key, None)
 
 
 @pytest.fixture
