@@ -32,6 +32,8 @@ MAX_IMAGES: Final = 5
 REFERENCE_VIDEO_FIELDS: Final = ("video", "video_url", "input_video")
 
 RUNNING_STATUSES: Final = frozenset({"queued", "in_progress", "processing"})
+#: Waits log a line when the status changes and each time progress passes a multiple of this (percent).
+PROGRESS_LOG_STEP: Final = 25
 FAILED_STATUSES: Final = frozenset({"failed", "cancelled"})
 COMPLETED: Final = "completed"
 
@@ -351,6 +353,15 @@ class VideoTask:
             seconds=_optional_text(payload.get("seconds")),
             resolution=_optional_text(payload.get("resolution")),
         )
+
+    @property
+    def milestone(self) -> tuple[str, int]:
+        """What progress logs report: the status, and how many ``PROGRESS_LOG_STEP``s are done.
+
+        A line per poll would be noise, and in the triggerer each line is sent to and rendered by its
+        supervisor process: 0.21 ms per poll, a fifth of the poll itself (benchmarks/triggers.py).
+        """
+        return self.status, int(self.progress // PROGRESS_LOG_STEP)
 
     @property
     def is_completed(self) -> bool:

@@ -30,7 +30,7 @@ from airflow_octopusx.exceptions import (
 )
 from airflow_octopusx.hooks.download import Mp4Sink, announced_total
 from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
-from airflow_octopusx.hooks.shared_clients import SharedAsyncClients
+from airflow_octopusx.hooks.shared_clients import QueueingAsyncClient, SharedAsyncClients
 from airflow_octopusx.models import VideoRequest, VideoTask
 
 DEFAULT_BASE_URL = "https://octopusx.ai"
@@ -40,6 +40,9 @@ DOWNLOAD_CHUNK_SIZE: int | None = None
 # Connections of the async client that every trigger of one event loop shares: a poll is one short GET,
 # so a handful of keep-alive connections serve a thousand waiting videos.
 ASYNC_MAX_CONNECTIONS = 8
+# Longer than the usual poll interval (10 s), so waiting videos keep reusing the same connections instead
+# of reconnecting after httpx's default 5 s idle expiry.
+ASYNC_KEEPALIVE_SECONDS = 20.0
 # A CDN answers these when a signed link has expired or was revoked; the API's /content proxy still works.
 _EXPIRED_LINK_STATUSES = frozenset({401, 403, 404, 410})
 _ERROR_CLASSES: dict[int, type[APIError]] = {
@@ -171,10 +174,12 @@ class OctopusXHook(BaseHook):
     async def _open_async_client(self) -> tuple[ApiEndpoint, httpx.AsyncClient]:
         # Airflow's async connection API: no blocking database or secrets-backend call in the loop.
         endpoint = ApiEndpoint.from_connection(await self.aget_connection(self.octopusx_conn_id))
-        limits = httpx.Limits(
-            max_connections=ASYNC_MAX_CONNECTIONS, max_keepalive_connections=ASYNC_MAX_CONNECTIONS
+        client = QueueingAsyncClient(
+            max_in_flight=ASYNC_MAX_CONNECTIONS,
+            keepalive_expiry=ASYNC_KEEPALIVE_SECONDS,
+            **self._client_options(endpoint),
         )
-        return endpoint, httpx.AsyncClient(**self._client_options(endpoint), limits=limits)
+        return endpoint, client
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._shared_clients is not None:
@@ -225,12 +230,12 @@ class OctopusXHook(BaseHook):
 
     def wait_for_video(self, video_id: str, *, poll_interval: float, deadline: float) -> VideoTask:
         """Poll from the worker until completed; raise if it failed or the ``deadline`` (epoch) passed."""
-        last_progress: float | None = None
+        logged: tuple[str, int] | None = None
         while True:
             video = self.get_video(video_id)
-            if video.progress != last_progress:
+            if video.milestone != logged:
                 self.log.info("Video %s: %s, %g%%", video_id, video.status, video.progress)
-                last_progress = video.progress
+                logged = video.milestone
             video.raise_if_failed()
             if video.is_completed:
                 return video

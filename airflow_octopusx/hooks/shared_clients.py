@@ -6,7 +6,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -14,6 +14,30 @@ if TYPE_CHECKING:
     from airflow_octopusx.hooks.octopusx import ApiEndpoint
 
 Opened = tuple["ApiEndpoint", httpx.AsyncClient]
+
+
+class QueueingAsyncClient(httpx.AsyncClient):
+    """An ``AsyncClient`` whose requests queue on a semaphore, so at most ``max_in_flight`` reach its pool.
+
+    httpcore rescans every queued request each time one is queued or a connection frees up. With a
+    thousand triggers behind a few connections, a busy loop lets that queue grow and each poll gets
+    dearer: one loop collapsed at 1,500 videos polled every 2 s (benchmarks/triggers.py). Waiting here
+    instead costs the same per poll however long the queue is. The wait has no timeout of its own:
+    each request ahead holds its place for no longer than its own timeouts allow.
+    """
+
+    def __init__(self, *, max_in_flight: int, keepalive_expiry: float, **options: Any) -> None:
+        limits = httpx.Limits(
+            max_connections=max_in_flight,
+            max_keepalive_connections=max_in_flight,
+            keepalive_expiry=keepalive_expiry,
+        )
+        super().__init__(limits=limits, **options)
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+
+    async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        async with self._in_flight:
+            return await super().send(request, **kwargs)
 
 
 @dataclass

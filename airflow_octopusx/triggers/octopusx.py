@@ -93,7 +93,7 @@ class VideoTaskTrigger(BaseTrigger):
                     return self._event("error", f"gave up after {poll_errors} failed polls: {error}", last)
             else:
                 poll_errors = 0
-                if last is None or (video.status, video.progress) != (last.status, last.progress):
+                if last is None or video.milestone != last.milestone:
                     self.log.info("Video %s: %s, %g%%", self.video_id, video.status, video.progress)
                 last = video
                 if video.is_completed:
