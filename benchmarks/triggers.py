@@ -58,7 +58,7 @@ from _common import (
 
 CONN_ID = "octopusx_default"
 TRIGGER_CLASSPATH = "airflow_octopusx.triggers.octopusx.VideoTaskTrigger"
-PRODUCT_FILES = ("hooks/octopusx.py", "triggers/octopusx.py")
+PRODUCT_FILES = ("hooks/octopusx.py", "hooks/shared_clients.py", "triggers/octopusx.py")
 GOAL_CPU_RATIO = 1.3
 GOAL_CONNECTIONS = 8
 GOAL_KIB_PER_VIDEO = 30
@@ -86,6 +86,8 @@ class Setup:
     log_file: str
     #: The lag probe in Airflow's runner stops once this file exists.
     stop_file: str = ""
+    #: In Airflow's runner: our ``VideoTaskTrigger``, or the bare loop as a trigger (the runner's floor).
+    runner_bare: bool = False
 
     @property
     def deadline_seconds(self) -> float:
@@ -246,6 +248,7 @@ def run_airflow_runner(setup: Setup) -> dict[str, Any]:
     """
     log_to(setup.log_file)
     import structlog
+    from _bare_trigger import BarePollTrigger
     from _lag_trigger import LoopLagTrigger
     from airflow.executors.workloads.trigger import RunTrigger
     from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
@@ -277,6 +280,9 @@ def run_airflow_runner(setup: Setup) -> dict[str, Any]:
         return RunTrigger(id=trigger_id, classpath=classpath, encrypted_kwargs=Trigger.encrypt_kwargs(kwargs))
 
     def video_workload(trigger_id: int, video_id: str) -> RunTrigger:
+        if setup.runner_bare:
+            bare = BarePollTrigger(video_id, setup.interval, setup.bare_connections)
+            return workload(trigger_id, *bare.serialize())
         kwargs = {
             "video_id": video_id,
             "octopusx_conn_id": CONN_ID,
@@ -693,6 +699,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             if args.airflow_runner:
                 sides.append(("through Airflow's TriggerRunnerSupervisor", run_airflow_runner, "runner"))
+                sides.append(
+                    ("the bare loop as a trigger, through the same", run_airflow_runner, "runner-bare")
+                )
             for round_number in range(1, args.repeats + 1):
                 for description, function, name in sides:
                     print(f"  {description}, N={args.n}, round {round_number} ...", flush=True)
@@ -700,7 +709,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "log_file": f"{name}-{round_number}.log",
                         "stop_file": f"stop-{name}-{round_number}",
                     }
-                    round_setup = replace(setup, **{key: str(work / file) for key, file in files.items()})
+                    round_setup = replace(
+                        setup,
+                        runner_bare=name == "runner-bare",
+                        **{key: str(work / file) for key, file in files.items()},
+                    )
                     runs[name].append(in_child(function, round_setup, args.wait_quiet))
             bare = combined(runs["bare"])
             title = (
@@ -709,10 +722,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             report_comparison(combined(runs["ours"]), bare, title)
             if args.airflow_runner:
+                runner = combined(runs["runner"])
                 report_comparison(
-                    combined(runs["runner"]),
-                    bare,
-                    "The same through Airflow's TriggerRunnerSupervisor + TriggerRunner process",
+                    runner, bare, "The same through Airflow's TriggerRunnerSupervisor + TriggerRunner process"
+                )
+                report_comparison(
+                    runner,
+                    combined(runs["runner-bare"]),
+                    "Both through Airflow's runner: VideoTaskTrigger vs the bare loop as a trigger "
+                    "(benchmarks/_bare_trigger.py)",
                 )
     print(f"\nMachine: {load_average()} at end.")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import time
 from collections.abc import Generator
@@ -81,9 +82,14 @@ class ApiEndpoint:
             )
         return cls(base_url=str(url).rstrip("/"), api_key=conn.password)
 
-    def is_api_origin(self, url: httpx.URL) -> bool:
+    @functools.cached_property
+    def _origin(self) -> tuple[str, str, int | None]:
+        # Parsed once: every request of every waiting video is checked against it.
         own = httpx.URL(self.base_url)
-        return (url.scheme, url.host, url.port) == (own.scheme, own.host, own.port)
+        return own.scheme, own.host, own.port
+
+    def is_api_origin(self, url: httpx.URL) -> bool:
+        return (url.scheme, url.host, url.port) == self._origin
 
 
 class _ApiOnlyBearerAuth(httpx.Auth):
