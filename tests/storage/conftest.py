@@ -41,7 +41,9 @@ if sys.platform == "linux":
 runpy.run_module("moto.server", run_name="__main__", alter_sys=True)
 """
 # werkzeug's access log: 127.0.0.1 - - [date] "PUT /bucket/key?partNumber=1&uploadId=... HTTP/1.1" 200 -
+# Any other status than 200 is coloured, with terminal escapes inside the quotes.
 _REQUEST_LINE = re.compile(r'"([A-Z]+ \S+) HTTP/[\d.]+"')
+_TERMINAL_ESCAPE = re.compile(r"\x1b\[[\d;]*m")
 
 
 def _free_port() -> int:
@@ -76,7 +78,7 @@ class MotoServer:
 
     def requests(self) -> list[str]:
         """``"METHOD /path?query"`` of each request served so far, in order."""
-        lines = self.log.read_text(errors="replace").splitlines()
+        lines = _TERMINAL_ESCAPE.sub("", self.log.read_text(errors="replace")).splitlines()
         return [match[1] for match in map(_REQUEST_LINE.search, lines) if match]
 
 

@@ -1,11 +1,13 @@
 """The operators against a real S3 API (moto over a socket), through an ``aws`` connection: where the
-video lands, that it is whole, that nothing temporary is left in the bucket, and that frames stored in a
-bucket are read and sent inline."""
+video lands, that it is whole, that it goes straight to its key and a failed download stores nothing, and
+that frames stored in a bucket are read and sent inline."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import math
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -14,25 +16,26 @@ from typing import Any
 import pytest
 
 pytest.importorskip("airflow.providers.amazon", reason="needs apache-airflow-providers-amazon")
-s3fs = pytest.importorskip("s3fs", reason="needs apache-airflow-providers-amazon[s3fs]")
+pytest.importorskip("s3fs", reason="needs apache-airflow-providers-amazon[s3fs]")
 
-from airflow.providers.common.compat.sdk import AirflowFailException, Asset, AssetAlias  # noqa: E402
-from airflow.sdk import ObjectStoragePath  # noqa: E402
+from airflow.providers.common.compat.sdk import AirflowFailException, Asset, AssetAlias
+from airflow.sdk import ObjectStoragePath
 
-from airflow_octopusx.exceptions import VideoDownloadError  # noqa: E402
-from airflow_octopusx.hooks.octopusx import OctopusXHook  # noqa: E402
-from airflow_octopusx.models import VideoRequest, VideoTask  # noqa: E402
-from airflow_octopusx.operators.octopusx import (  # noqa: E402
+from airflow_octopusx.exceptions import BadRequestError, VideoDownloadError
+from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.models import VideoRequest, VideoTask
+from airflow_octopusx.operators.octopusx import (
     DEFAULT_ASSET_ALIAS,
+    UPLOAD_PART_SIZE,
     DownloadVideoOperator,
     SubmitVideoOperator,
 )
-from airflow_octopusx.simulator import Fault, Simulator  # noqa: E402
-from airflow_octopusx.simulator.media import VideoBody, sample_mp4  # noqa: E402
-from tests.storage.conftest import Bucket  # noqa: E402
+from airflow_octopusx.simulator import Fault, Simulator
+from airflow_octopusx.simulator.media import VideoBody, sample_mp4
+from tests.storage.conftest import Bucket
 
-# s3fs holds this much in memory before it starts a multipart upload; a larger video goes in parts.
-LARGE_SIZE = s3fs.S3FileSystem.default_block_size + 6 * 1024 * 1024
+# Over two of the operator's upload parts: a multipart upload of three parts.
+LARGE_SIZE = 2 * UPLOAD_PART_SIZE + 2 * 1024 * 1024
 
 
 def submit(simulator: Simulator, **settings: Any) -> VideoTask:
@@ -120,7 +123,7 @@ def test_destination_forms_store_the_exact_mp4_and_nothing_else(
 
     assert result == bucket.uri(key)  # the plain URI: no connection id in it
     assert bucket.read(key) == sample_mp4()
-    assert bucket.listed_keys() == sorted([*existing, key])  # no temporary ``.partial`` object left behind
+    assert bucket.listed_keys() == sorted([*existing, key])  # nothing temporary left behind
     assert bucket.unfinished_uploads() == []
 
 
@@ -144,13 +147,58 @@ def test_a_large_video_streams_in_parts_to_the_exact_bytes(
     assert (stats.faults_fired, stats.ranged_responses) == ((1, 1) if cut else (0, 0))
     assert bucket.listed_keys() == [key]
     assert bucket.unfinished_uploads() == []
-    # It went up as a multipart upload of the temporary object, in at least two parts.
-    requests = bucket.requests()
-    started = [line for line in requests if line.startswith("POST ") and line.endswith("?uploads")]
-    parts = [line for line in requests if line.startswith("PUT ") and "partNumber=" in line]
-    assert len(started) == 1
-    assert ".partial?" in started[0]
-    assert len(parts) >= 2
+    # One multipart upload to the key itself, in parts of UPLOAD_PART_SIZE, then completed: no temporary
+    # object and no copy (a CopyObject would be a PUT without a partNumber).
+    path = f"/{bucket.name}/{key}"
+    parts = math.ceil(LARGE_SIZE / UPLOAD_PART_SIZE)
+    assert [shape(line) for line in writes(bucket)] == [
+        f"POST {path}?uploads",
+        *(f"PUT {path}?partNumber={number}&uploadId=*" for number in range(1, parts + 1)),
+        f"POST {path}?uploadId=*",
+    ]
+
+
+def writes(bucket: Bucket) -> list[str]:
+    """The requests that changed the bucket, in order."""
+    return [line for line in bucket.requests() if not line.startswith(("GET ", "HEAD "))]
+
+
+def shape(request: str) -> str:
+    """The request with its upload id, which differs each time, as ``*``."""
+    return re.sub(r"uploadId=[^&]+", "uploadId=*", request)
+
+
+@pytest.mark.parametrize("size", [LARGE_SIZE, 0], ids=["large", "small"])
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new-key", "over-an-existing-object"])
+def test_a_download_that_fails_mid_way_aborts_its_upload_and_stores_nothing(
+    size: int,
+    overwrite: bool,
+    octopusx_conn: Simulator,
+    s3_conn_id: str,
+    bucket: Bucket,
+    context: dict[str, Any],
+) -> None:
+    video_id = submit(octopusx_conn, video_size_bytes=size).id
+    key = f"clips/{video_id}.mp4"
+    if overwrite:
+        bucket.write(key, b"the earlier video")
+    before = len(writes(bucket))
+    # Half the body arrives (of the large video, more than one upload part), then the resumed request is
+    # refused for good.
+    octopusx_conn.inject(Fault(route="GET cdn", kind="truncate"), Fault(route="GET cdn", status=400))
+
+    with pytest.raises(BadRequestError):
+        download(video_id, bucket.uri(key), context, destination_conn_id=s3_conn_id, overwrite=overwrite)
+
+    assert octopusx_conn.stats.faults_fired == 2
+    assert bucket.listed_keys() == ([key] if overwrite else [])
+    if overwrite:
+        assert bucket.read(key) == b"the earlier video"
+    assert bucket.unfinished_uploads() == []
+    # The large video's upload had begun, with one part, and was aborted; the small one never left memory.
+    path = f"/{bucket.name}/{key}"
+    aborted = [f"POST {path}?uploads", f"PUT {path}?partNumber=1&uploadId=*", f"DELETE {path}?uploadId=*"]
+    assert [shape(line) for line in writes(bucket)[before:]] == (aborted if size else [])
 
 
 def test_a_refused_download_leaves_nothing_in_the_bucket(
@@ -161,6 +209,7 @@ def test_a_refused_download_leaves_nothing_in_the_bucket(
 
     assert bucket.listed_keys() == []
     assert bucket.unfinished_uploads() == []
+    assert writes(bucket) == []
 
 
 @pytest.mark.parametrize(
