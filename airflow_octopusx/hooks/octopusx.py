@@ -264,7 +264,11 @@ class OctopusXHook(BaseHook):
         once more, then the authenticated ``/v1/videos/{id}/content`` proxy is used (also when the link is
         empty). A transfer cut short resumes with a ``Range`` request, or starts over if the server cannot.
         """
-        sink = Mp4Sink(video_id, file, max_bytes)
+        with Mp4Sink(video_id, file, max_bytes) as sink:
+            return self._download_into(sink, chunk_size)
+
+    def _download_into(self, sink: Mp4Sink, chunk_size: int | None) -> DownloadedVideo:
+        video_id = sink.video_id
         refused_links = 0
         for attempt in range(1, self.retry_policy.max_attempts + 1):
             video = self.get_video(video_id)

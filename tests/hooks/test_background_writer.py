@@ -1,0 +1,90 @@
+"""``BackgroundWriter`` and ``Mp4Sink`` on their own: bounded memory, write errors, nothing left running."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import httpx
+import pytest
+
+from airflow_octopusx.hooks.download import _WRITE_QUEUE_CHUNKS, BackgroundWriter
+from tests.hooks.test_hook_unit import COMPLETED, Recorder, make_hook
+
+MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 65_536
+
+
+class HeldFile(io.BytesIO):
+    """A file whose writes wait until ``release`` is set, as a slow disk or upload would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, chunk: bytes) -> int:  # type: ignore[override]
+        self.release.wait()
+        return super().write(chunk)
+
+
+class FullDisk(io.BytesIO):
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def write(self, chunk: bytes) -> int:  # type: ignore[override]
+        if self.tell() + len(chunk) > self.room:
+            raise OSError(28, "No space left on device")
+        return super().write(chunk)
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "octopusx-download-writer"]
+
+
+def test_a_slow_file_holds_back_the_download_after_a_bounded_number_of_chunks() -> None:
+    file = HeldFile()
+    writer = BackgroundWriter(file)
+    accepted = 0
+
+    def produce() -> None:
+        nonlocal accepted
+        for _ in range(3 * _WRITE_QUEUE_CHUNKS):
+            writer.write(b"x" * 1024)
+            accepted += 1
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    time.sleep(0.2)
+    # The queue is full and one chunk is held by the waiting write: no more is taken in.
+    assert accepted == _WRITE_QUEUE_CHUNKS + 1
+    file.release.set()
+    producer.join(timeout=5)
+    writer.close()
+    assert file.getvalue() == b"x" * 1024 * 3 * _WRITE_QUEUE_CHUNKS
+    assert not writer_threads()
+
+
+def test_a_write_error_reaches_the_caller_and_the_thread_ends() -> None:
+    writer = BackgroundWriter(FullDisk(room=10))
+    writer.write(b"x" * 8)
+    writer.write(b"x" * 8)  # fails in the thread
+    with pytest.raises(OSError, match="No space left"):
+        writer.wait()
+    with pytest.raises(OSError, match="No space left"):
+        writer.close()
+    assert not writer_threads()
+
+
+def test_a_download_onto_a_full_disk_fails_with_the_disk_error_and_leaves_no_thread() -> None:
+    recorder = Recorder(httpx.Response(200, json=COMPLETED), httpx.Response(200, content=MP4))
+    with pytest.raises(OSError, match="No space left"):
+        make_hook(recorder).download_video("video_1", FullDisk(room=1000))
+    assert not writer_threads()
+
+
+def test_a_refused_download_leaves_no_thread() -> None:
+    recorder = Recorder(httpx.Response(200, json=COMPLETED), httpx.Response(200, content=MP4))
+    with pytest.raises(Exception, match="over the cap"):
+        make_hook(recorder).download_video("video_1", io.BytesIO(), max_bytes=100)
+    assert not writer_threads()
