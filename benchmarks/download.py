@@ -56,7 +56,11 @@ GOAL_PEAK_MIB = 32
 PRODUCT_FILES = ("hooks/octopusx.py", "hooks/download.py", "operators/octopusx.py")
 S3_CONN_ID = "aws_bench"
 S3_BUCKET = "octopusx-bench"
-_WRITE_PATHS = {"open": "open('wb')", "fsspec": "ObjectStoragePath('file://').open('wb')"}
+_WRITE_PATHS = {
+    "open": "open('wb')",
+    "fs": "path.fs.open('wb') (the operator's)",
+    "fsspec": "ObjectStoragePath('file://').open('wb')",
+}
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,17 @@ class Job:
     simulator_pid: int
     log_file: str
     destination_conn_id: str | None = None
-    #: ``operator`` (the whole execute()), or the hook into ``open`` (plain file), ``fsspec`` (a file://
-    #: ObjectStoragePath) or ``s3`` (an s3:// ObjectStoragePath opened with ``block_size``).
+    #: ``operator`` (the whole execute()), or the hook into ``open`` (plain file), ``fs`` (the fsspec
+    #: file of a file:// ObjectStoragePath, as the operator opens it), ``fsspec`` (the path's ``open()``,
+    #: which wraps that file to record lineage on every call) or ``s3`` (an s3:// path's
+    #: ``open()`` with ``block_size``).
     variant: str = "operator"
     #: Passed to ``download_video``: a byte count, ``"none"`` for ``None`` (each chunk as it arrives,
     #: about 64 KiB from httpcore), or ``"default"`` to leave the hook's default.
     chunk_size: str = "default"
     block_size: int | None = None
+    #: What-if: write in the downloading thread instead of the hook's background writer thread.
+    inline_writes: bool = False
     #: The S3 server's pid, so its CPU is counted apart from everything else.
     server_pid: int | None = None
 
@@ -91,6 +99,10 @@ def measure(job: Job) -> dict[str, Any]:
 
     from airflow_octopusx.hooks.octopusx import OctopusXHook
 
+    if job.inline_writes:
+        import airflow_octopusx.hooks.download
+
+        airflow_octopusx.hooks.download.BackgroundWriter = InlineWriter  # type: ignore[misc,assignment]
     download = _operator_download if job.variant == "operator" else _hook_download
     fixed = _warm_up(
         job,
@@ -102,6 +114,22 @@ def measure(job: Job) -> dict[str, Any]:
 
     default = inspect.signature(OctopusXHook.download_video).parameters["chunk_size"].default
     return {**figures, "default_chunk_size": default, "fixed_ms": 1000 * fixed}
+
+
+class InlineWriter:
+    """``BackgroundWriter``'s interface, writing in the caller's thread: the hook before the thread."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+
+    def wait(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _operator_download(job: Job, video_id: str) -> str:
@@ -142,10 +170,13 @@ def _hook_download(job: Job, video_id: str) -> str:
     else:
         target = ObjectStoragePath(f"file://{job.destination}{video_id}.mp4")
     block_size = {"block_size": job.block_size} if job.block_size else {}
-    with (
-        OctopusXHook() as hook,
-        Path(target.path).open("wb") if job.variant == "open" else target.open("wb", **block_size) as file,
-    ):
+    if job.variant == "open":
+        file = Path(target.path).open("wb")  # noqa: SIM115 - closed by the with below
+    elif job.variant == "fs":
+        file = target.fs.open(target.path, "wb")
+    else:
+        file = target.open("wb", **block_size)
+    with OctopusXHook() as hook, file:
         hook.download_video(video_id, file, **options)
     return str(target)
 
@@ -393,15 +424,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--chunk-sizes",
-        default="default,none,65536,262144,1048576",
+        default="none,65536,262144,1048576",
         help="hook chunk_size values to sweep: bytes, 'none' (as received) or 'default' (the hook's); "
         "empty to skip (default: %(default)s)",
     )
     parser.add_argument(
-        "--what-if-chunk-size",
-        default="none",
-        help="also run the operator with the hook's default chunk_size replaced by this (bytes or 'none'), "
-        "in the measured process only; empty to skip (default: %(default)s)",
+        "--no-what-if",
+        action="store_true",
+        help="skip the operator run that writes in the downloading thread (as before the hook's "
+        "background writer), patched in the measured process only",
     )
     parser.add_argument(
         "--sweep-size-mib", type=int, default=1024, help="video size for the sweeps (default: %(default)s)"
@@ -469,20 +500,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "curl": lambda job=job: curl_download(job),
                 "ours": lambda job=job: in_child(measure, job),
             }
-            if args.what_if_chunk_size:
-                what_if = replace(job, chunk_size=args.what_if_chunk_size)
+            if not args.no_what_if:
+                what_if = replace(job, inline_writes=True)
                 variants["what-if"] = lambda what_if=what_if: in_child(measure, what_if)
             medians = interleaved(variants, args.repeats)
             results.append((job.size, medians["ours"], medians["curl"]))
-            if args.what_if_chunk_size:
+            if not args.no_what_if:
                 what_ifs.append((job.size, medians["what-if"], medians["curl"]))
         if results:
             report_sizes(results, "DownloadVideoOperator.execute() to a local folder vs curl -o (median run)")
         if what_ifs:
             report_sizes(
                 what_ifs,
-                f"The same with the hook's default chunk_size set to {_chunk_name(args.what_if_chunk_size)} "
-                "in the measured process (what-if; the product is unchanged)",
+                "The same, writing in the downloading thread instead of the hook's writer thread "
+                "(what-if, patched in the measured process; the product is unchanged)",
             )
 
         if args.chunk_sizes:
@@ -491,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = job_for(args.sweep_size_mib)
             variants: dict[str, Callable[[], dict[str, Any]]] = {"curl -o": lambda: curl_download(job)}
             for chunk_size in args.chunk_sizes.split(","):
-                for variant in ("open", "fsspec"):
+                for variant in _WRITE_PATHS:
                     chunked = replace(job, variant=variant, chunk_size=chunk_size)
                     name = f"{_WRITE_PATHS[variant]}, chunk_size={_chunk_name(chunk_size)}"
                     variants[name] = lambda chunked=chunked: in_child(measure, chunked)

@@ -399,13 +399,16 @@ class DownloadVideoOperator(BaseOperator):
             elif isinstance(outlet, Asset) and outlet.uri == uri:
                 context["outlet_events"][outlet].extra.update(extra)
 
+    # Both write paths open the fsspec file itself, not ObjectStoragePath.open()'s lineage wrapper: that
+    # records hook lineage on every write call (16,000 per GiB, a temporary name among them), which cost
+    # 15-20 % of a local download's speed (benchmarks/download.py); the outlets announce the video.
+
     def _upload(self, hook: OctopusXHook, target: ObjectStoragePath) -> DownloadedVideo:
         """Stream to the destination key itself: no temporary object, so no server-side copy afterwards.
 
         Closing the file commits the upload, so on any failure it is discarded instead: nothing of this
         download is stored, and an object already at the key is left as it was.
         """
-        # The fsspec file itself: `closed` set on ObjectStoragePath.open()'s lineage wrapper would miss it.
         file = target.fs.open(target.path, "wb", block_size=UPLOAD_PART_SIZE)
         try:
             downloaded = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
@@ -421,7 +424,7 @@ class DownloadVideoOperator(BaseOperator):
         """Stream to a temporary file beside the destination, where writes are visible as they happen."""
         partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
         try:
-            with partial.open("wb") as file:
+            with partial.fs.open(partial.path, "wb") as file:
                 downloaded = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
             self._publish(partial, target)
         except BaseException:
