@@ -399,9 +399,9 @@ class DownloadVideoOperator(BaseOperator):
             elif isinstance(outlet, Asset) and outlet.uri == uri:
                 context["outlet_events"][outlet].extra.update(extra)
 
-    # Both write paths open the fsspec file itself, not ObjectStoragePath.open()'s lineage wrapper: that
-    # records hook lineage on every write call (16,000 per GiB, a temporary name among them), which cost
-    # 15-20 % of a local download's speed (benchmarks/download.py); the outlets announce the video.
+    # Both write paths open the fsspec file itself, not ObjectStoragePath.open()'s wrapper, which records
+    # hook lineage on every write call (16,000 per GiB), of a temporary name on most stores; the
+    # operator's outlets announce the stored video instead.
 
     def _upload(self, hook: OctopusXHook, target: ObjectStoragePath) -> DownloadedVideo:
         """Stream to the destination key itself: no temporary object, so no server-side copy afterwards.
