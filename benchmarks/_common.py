@@ -6,6 +6,7 @@ import Airflow only after that.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import hashlib
@@ -45,6 +46,20 @@ def raise_open_file_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
+
+
+def add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--product-ref`` and ``--wait-quiet``, which every measuring script takes."""
+    parser.add_argument(
+        "--product-ref",
+        help="measure airflow_octopusx as of this git ref (exported to a temp dir), not the working tree",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=180,
+        help="wait up to this many seconds for other processes to go quiet first (default: %(default)s)",
+    )
 
 
 def prepare_airflow_environment(home: Path, connections: dict[str, dict[str, Any]]) -> None:

@@ -36,6 +36,7 @@ from _common import (
     SimulatorControl,
     SimulatorProcess,
     Window,
+    add_measurement_arguments,
     load_average,
     log_to,
     median,
@@ -449,15 +450,7 @@ def _parser() -> argparse.ArgumentParser:
         default="0,5,8,16",
         help="s3fs block_size values to sweep, MiB; 0 is s3fs's default (default: %(default)s)",
     )
-    parser.add_argument(
-        "--product-ref", help="measure airflow_octopusx as of this git ref, not the working tree"
-    )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=180,
-        help="wait up to this many seconds for other processes to go quiet first (default: %(default)s)",
-    )
+    add_measurement_arguments(parser)
     return parser
 
 

@@ -28,6 +28,7 @@ import httpx
 from _common import (
     VIDEO_REQUEST,
     SimulatorProcess,
+    add_measurement_arguments,
     load_average,
     log_to,
     median,
@@ -203,15 +204,7 @@ def _parser() -> argparse.ArgumentParser:
         default=5,
         help="python -X importtime runs of each kind (default: %(default)s)",
     )
-    parser.add_argument(
-        "--product-ref", help="measure airflow_octopusx as of this git ref, not the working tree"
-    )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=180,
-        help="wait up to this many seconds for other processes to go quiet first (default: %(default)s)",
-    )
+    add_measurement_arguments(parser)
     return parser
 
 

@@ -40,6 +40,7 @@ from _common import (
     SimulatorControl,
     SimulatorProcess,
     Window,
+    add_measurement_arguments,
     load_average,
     log_to,
     median,
@@ -628,16 +629,7 @@ def _parser() -> argparse.ArgumentParser:
         help="Airflow logging level in the measured processes; WARNING shows what trigger logs cost "
         "(default: %(default)s, as deployed)",
     )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=180,
-        help="wait up to this many seconds for other processes to go quiet first (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--product-ref",
-        help="measure airflow_octopusx as of this git ref (exported to a temp dir), not the working tree",
-    )
+    add_measurement_arguments(parser)
     parser.add_argument(
         "--sweep",
         nargs="?",
