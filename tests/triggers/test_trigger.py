@@ -146,6 +146,16 @@ async def test_transient_errors_are_tolerated_up_to_the_bound(octopusx_conn: Sim
     assert event["status"] == "success"
 
 
+async def test_a_poll_answered_429_waits_for_retry_after(octopusx_conn: Simulator) -> None:
+    video_id = submit(octopusx_conn, generation_seconds=0)
+    octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", status=429, retry_after=2))
+    started = time.monotonic()
+    [event] = await events_of(trigger_for(video_id, poll_interval=0.05))
+    assert event["status"] == "success"
+    assert time.monotonic() - started >= 2  # not the 0.05 s interval, nor the 0.5 s first backoff
+    assert octopusx_conn.stats.gets == 2
+
+
 async def test_persistent_errors_end_with_an_error_event(octopusx_conn: Simulator) -> None:
     video_id = submit(octopusx_conn)
     octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", status=500, retry_after=0, times=100))
