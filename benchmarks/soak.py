@@ -39,7 +39,13 @@ from unittest import mock
 
 import httpx
 
-from airflow_octopusx.simulator.media import VideoBody, sample_mp4
+# Run as a script, only this folder is on the path; the repository root makes `benchmarks` importable.
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from airflow_octopusx.simulator.media import VideoBody, sample_mp4  # noqa: E402
+from benchmarks._common import MemoryTaskStateStore  # noqa: E402
 
 CONN_ID = "octopusx_default"
 #: The routes of the simulated service, as its stats name them.
@@ -90,25 +96,6 @@ class SoakConfig:
             "empty_video_url": self.empty_video_url,
             "unambiguous_posts": self.unambiguous_posts,
         }
-
-
-class MemoryTaskStateStore:
-    """Airflow 3.3's ``context["task_state_store"]`` for one task instance, kept in memory."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: Any, *, retention: Any = None) -> None:
-        self.values[key] = value
-
-    def delete(self, key: str) -> None:
-        self.values.pop(key, None)
-
-    def clear(self) -> None:
-        self.values.clear()
 
 
 class SoakTaskInstance:
@@ -585,8 +572,12 @@ def main() -> int:
         empty_video_url=args.content_downloads,
         unambiguous_posts=args.unambiguous_posts,
     )
-    # Run as a script, so its folder (and the benchmarks' shared module) is on the path.
-    from _common import SimulatorProcess, load_average, prepare_airflow_environment, product_fingerprint
+    from benchmarks._common import (
+        SimulatorProcess,
+        load_average,
+        prepare_airflow_environment,
+        product_fingerprint,
+    )
 
     with tempfile.TemporaryDirectory(prefix="octopusx-soak-") as scratch, SimulatorProcess() as simulator:
         # Before Airflow is first imported (by run_soak): its home, quiet logs, and the connection.
