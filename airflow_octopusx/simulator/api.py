@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -142,8 +143,13 @@ class VideosApi:
         return rendered
 
     def _signed_url(self, video_id: str, settings: Settings) -> str:
-        """A fresh link on every poll, valid for ``url_ttl_seconds`` from now."""
-        expires = int(time.time() + settings.url_ttl_seconds)
+        """A fresh link on every poll, valid for at least ``url_ttl_seconds`` from now.
+
+        ``expires`` is whole seconds, so a positive TTL rounds up (rounding down could hand out a link
+        that lapses within milliseconds) and a TTL <= 0 rounds down (the link is already expired).
+        """
+        deadline = time.time() + settings.url_ttl_seconds
+        expires = math.ceil(deadline) if settings.url_ttl_seconds > 0 else math.floor(deadline)
         signature = signing.sign(self.state.secret, video_id, expires)
         return f"{self.cdn_url}/videos/{video_id}.mp4?expires={expires}&signature={signature}"
 

@@ -473,8 +473,10 @@ def test_cdn_link_expires_and_each_poll_gives_a_fresh_link(
 ) -> None:
     octopusx_simulator.configure(url_ttl_seconds=1)
     video = completed_video(octopusx_simulator, client)
+    expires = int(parse_qs(urlsplit(video["video_url"]).query)["expires"][0])
+    assert expires >= time.time() + 1 - 0.5  # valid for the TTL, give or take the poll's own time
     assert httpx.get(video["video_url"]).status_code == 200
-    time.sleep(1.1)
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
     expired = httpx.get(video["video_url"])
     assert expired.status_code == 403
     assert "Request has expired" in expired.text
