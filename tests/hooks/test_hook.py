@@ -85,7 +85,7 @@ class TestLifecycle:
         started = time.monotonic()
         with pytest.raises(VideoTimeoutError) as caught:
             hook.wait_for_video(video.id, poll_interval=0.1, deadline=time.time() + 0.5)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10  # ends at the deadline, not with the 30 s generation
         assert caught.value.video_id == video.id
         assert "may still complete" in str(caught.value)
 

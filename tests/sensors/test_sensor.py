@@ -71,7 +71,7 @@ def test_poke_mode_execute_waits_and_returns_the_id(
 
     assert sensor(video.id).execute(context) == video.id
 
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # a generous bound: only a hang should trip it
     assert octopusx_conn.stats.gets >= 2  # it really had to poke more than once
 
 
@@ -141,7 +141,7 @@ async def test_deferred_wait_past_its_timeout_fails_with_a_timeout(
     started = time.monotonic()
     events = await run_trigger(deferred.value.trigger)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # the 0.3 s timeout, not the 60 s generation
     assert [event["status"] for event in events] == ["timeout"]
     # The same exception as a poke-mode timeout, so soft_fail and never_fail work alike.
     with pytest.raises(AirflowSensorTimeout, match=video.id):

@@ -85,14 +85,12 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def test_starts_fast_and_stops_without_leaking_threads_or_sockets() -> None:
+def test_starts_and_stops_without_leaking_threads_or_sockets() -> None:
     with Simulator():
         pass  # warm-up: the event loop library allocates a process-wide wake-up pipe once
     threads_before = set(threading.enumerate())
     fds_before = _open_fds()
-    started = time.monotonic()
     with Simulator() as sim:
-        assert time.monotonic() - started < 1.0
         api, cdn = urlsplit(sim.api_url), urlsplit(sim.cdn_url)
         assert api.hostname == cdn.hostname == "127.0.0.1"
         assert api.port != cdn.port
@@ -645,15 +643,16 @@ def test_delay_fault_makes_clients_time_out_without_blocking_the_server(
         started = time.monotonic()
         assert client.get(f"/v1/videos/{video_id}").status_code == 200
         result["elapsed"] = time.monotonic() - started
+        result["answered_at"] = time.monotonic()
 
     thread = threading.Thread(target=slow)
     thread.start()
     time.sleep(0.1)
-    started = time.monotonic()
     assert httpx.post(f"{octopusx_simulator.api_url}/v1/videos", json=VALID, headers=auth(octopusx_simulator))
-    assert time.monotonic() - started < 0.3  # served while the delayed request waits
+    post_answered_at = time.monotonic()
     thread.join()
     assert result["elapsed"] >= 0.55
+    assert post_answered_at < result["answered_at"]  # served while the delayed request waits
 
 
 def test_reset_fault_drops_the_connection_and_creates_nothing(

@@ -105,7 +105,7 @@ async def test_the_deadline_ends_the_wait_with_a_timeout_event(octopusx_conn: Si
     video_id = submit(octopusx_conn, generation_seconds=60)
     started = time.monotonic()
     [event] = await events_of(trigger_for(video_id, poll_interval=5, timeout=0.6))
-    assert 0.5 < time.monotonic() - started < 2  # the last sleep is cut short at the deadline
+    assert 0.5 < time.monotonic() - started < 4  # the 5 s sleep is cut short at the deadline
     assert event["status"] == "timeout"
     assert event["progress"] is not None
     with pytest.raises(VideoTimeoutError, match="may still complete"):
