@@ -50,7 +50,17 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Allow plain http:// to a non-loopback host",
                         "schema": {"type": ["boolean", "null"], "default": False},
                         "description": "Only on a trusted private network: the key travels unencrypted.",
-                    }
+                    },
+                    "timeout": {
+                        "label": "Request timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "description": "For each HTTP connect, read and write; empty means 30.",
+                    },
+                    "max_attempts": {
+                        "label": "Attempts per request",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                        "description": "Tries of a call that fails in a retryable way; empty means 5.",
+                    },
                 },
             }
         ],

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import collections
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -31,11 +32,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partialmethod
 from importlib import import_module
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import httpx
 
@@ -296,16 +295,21 @@ class SimulatorControls:
 
 
 @contextmanager
-def hooks_time_out_after(seconds: float) -> Iterator[None]:
-    """Every ``OctopusXHook`` made inside gets this HTTP timeout instead of its 30 s default.
+def hooks_time_out_after(seconds: float, conn_id: str = "octopusx_default") -> Iterator[None]:
+    """Give the connection (set as a JSON ``AIRFLOW_CONN_*`` variable) the extra ``timeout``.
 
-    The operators and the trigger build their hooks themselves and take no timeout, so this is the one
-    way to make a slow answer outlast the client's patience within a test's time.
+    Every hook of that connection, on workers and in the triggerer, then gives up on an answer after
+    ``seconds`` instead of 30, so a slow answer outlasts the client's patience within a test's time.
     """
-    from airflow_octopusx.hooks.octopusx import OctopusXHook
-
-    with mock.patch.object(OctopusXHook, "__init__", partialmethod(OctopusXHook.__init__, timeout=seconds)):
+    variable = f"AIRFLOW_CONN_{conn_id.upper()}"
+    original = os.environ[variable]
+    connection = json.loads(original)
+    extra = {**connection.get("extra", {}), "timeout": seconds}
+    os.environ[variable] = json.dumps({**connection, "extra": extra})
+    try:
         yield
+    finally:
+        os.environ[variable] = original
 
 
 class _RecordCounter(logging.Handler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
+import math
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from airflow_octopusx.hooks.shared_clients import QueueingAsyncClient, SharedAsy
 from airflow_octopusx.models import VideoRequest, VideoTask
 
 DEFAULT_BASE_URL = "https://octopusx.ai"
+# Seconds allowed for each HTTP connect, read and write, unless the connection's extra ``timeout`` says.
+DEFAULT_TIMEOUT = 30.0
 # None passes chunks on as the socket delivers them: on 1 GiB it measured 0.90-0.95x curl, against
 # 0.48-0.69x for 256 KiB and 0.31-0.39x for 1 MiB (benchmarks/download.py); memory stays flat either way.
 DOWNLOAD_CHUNK_SIZE: int | None = None
@@ -58,10 +61,17 @@ _ERROR_CLASSES: dict[int, type[APIError]] = {
 
 @dataclass(frozen=True)
 class ApiEndpoint:
-    """Where the API is and the key for it; the key is kept out of ``repr`` so it cannot leak into logs."""
+    """Where the API is, the key for it and how patiently to talk to it, as the connection says.
+
+    The key is kept out of ``repr`` so it cannot leak into logs. ``timeout`` and ``max_attempts`` come
+    from the connection rather than the operators because a deferred wait rebuilds its hook in the
+    triggerer from the connection id alone, and there all waits of one connection share one client.
+    """
 
     base_url: str
     api_key: str = field(repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    max_attempts: int = RetryPolicy.max_attempts
 
     @classmethod
     def from_connection(cls, conn: Any) -> ApiEndpoint:
@@ -80,7 +90,13 @@ class ApiEndpoint:
                 f"Connection {conn.conn_id!r}: base URL {str(url)!r} must use https:// (http:// is allowed "
                 "only for loopback hosts, or with extra {'allow_insecure_http': true})"
             )
-        return cls(base_url=str(url).rstrip("/"), api_key=conn.password)
+        extra = conn.extra_dejson
+        return cls(
+            base_url=str(url).rstrip("/"),
+            api_key=conn.password,
+            timeout=_positive_extra(conn.conn_id, extra, "timeout", DEFAULT_TIMEOUT),
+            max_attempts=int(_positive_extra(conn.conn_id, extra, "max_attempts", RetryPolicy.max_attempts)),
+        )
 
     @functools.cached_property
     def _origin(self) -> tuple[str, str, int | None]:
@@ -90,6 +106,25 @@ class ApiEndpoint:
 
     def is_api_origin(self, url: httpx.URL) -> bool:
         return (url.scheme, url.host, url.port) == self._origin
+
+
+def _positive_extra(conn_id: str, extra: dict[str, Any], name: str, default: float) -> float:
+    """A number > 0 from the connection's extra (a whole one if ``default`` is an int); absent: ``default``.
+
+    A connection URI or the UI may give the number as a string.
+    """
+    value = extra.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    whole = isinstance(default, int)
+    if not (math.isfinite(number) and number > 0) or (whole and not number.is_integer()):
+        allowed = "a whole number >= 1" if whole else "a number of seconds > 0"
+        raise OctopusXError(f"Connection {conn_id!r}: extra {name!r} must be {allowed}, got {value!r}")
+    return number
 
 
 class _ApiOnlyBearerAuth(httpx.Auth):
@@ -109,8 +144,10 @@ class OctopusXHook(BaseHook):
 
     :param octopusx_conn_id: an ``octopusx`` connection: host is the base URL (default
         ``https://octopusx.ai``), password is the API key.
-    :param timeout: seconds allowed for each HTTP read, write and connect.
-    :param retry_policy: when and how to retry; see :class:`RetryPolicy`.
+    :param timeout: seconds allowed for each HTTP read, write and connect; default: the connection's
+        extra ``timeout``, else 30.
+    :param retry_policy: when and how to retry; see :class:`RetryPolicy`. Default: the standard policy
+        with the connection's extra ``max_attempts`` (else 5).
     """
 
     conn_name_attr = "octopusx_conn_id"
@@ -122,13 +159,13 @@ class OctopusXHook(BaseHook):
         self,
         octopusx_conn_id: str = default_conn_name,
         *,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         super().__init__()
         self.octopusx_conn_id = octopusx_conn_id
         self.timeout = timeout
-        self.retry_policy = retry_policy or RetryPolicy()
+        self._retry_policy = retry_policy
         self._endpoint: ApiEndpoint | None = None
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
@@ -142,11 +179,17 @@ class OctopusXHook(BaseHook):
             self._endpoint = ApiEndpoint.from_connection(self.get_connection(self.octopusx_conn_id))
         return self._endpoint
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        if self._retry_policy is None:
+            self._retry_policy = RetryPolicy(max_attempts=self.endpoint.max_attempts)
+        return self._retry_policy
+
     def _client_options(self, endpoint: ApiEndpoint) -> dict[str, Any]:
         return {
             "base_url": endpoint.base_url,
             "auth": _ApiOnlyBearerAuth(endpoint),
-            "timeout": httpx.Timeout(self.timeout),
+            "timeout": httpx.Timeout(endpoint.timeout if self.timeout is None else self.timeout),
             "headers": {"User-Agent": f"airflow-provider-octopusx/{__version__}"},
             "follow_redirects": True,
         }

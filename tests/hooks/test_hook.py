@@ -133,6 +133,19 @@ class TestErrors:
 
 
 class TestRetries:
+    def test_timeout_and_attempts_come_from_the_connection_extra(
+        self, octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        conn = {**json.loads(connection_uri(octopusx_conn)), "extra": {"timeout": 0.3, "max_attempts": 2}}
+        monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", json.dumps(conn))
+        with OctopusXHook() as hook:
+            video = hook.submit_video(REQUEST)
+            # Each poll would be answered after 1 s: in time for the default 30 s timeout, not for 0.3 s.
+            octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", kind="delay", delay_seconds=1, times=3))
+            with pytest.raises(TransportError, match="ReadTimeout"):
+                hook.get_video(video.id)
+        assert octopusx_conn.stats.gets == 2
+
     @pytest.mark.parametrize("status", [500, 502, 503, 504])
     def test_polls_are_retried_on_server_errors(
         self, hook: OctopusXHook, octopusx_conn: Simulator, status: int

@@ -387,3 +387,37 @@ class TestApiEndpoint:
 
     def test_key_is_not_in_repr(self) -> None:
         assert KEY not in repr(ApiEndpoint.from_connection(connection()))
+
+    def test_timeout_and_attempts_default_and_come_from_the_extra(self) -> None:
+        default = ApiEndpoint.from_connection(connection())
+        assert (default.timeout, default.max_attempts) == (30.0, 5)
+        for extra in ({"timeout": 2.5, "max_attempts": 2}, {"timeout": "2.5", "max_attempts": "2"}):
+            endpoint = ApiEndpoint.from_connection(connection(extra_dejson=extra))
+            assert (endpoint.timeout, endpoint.max_attempts) == (2.5, 2)
+            assert isinstance(endpoint.max_attempts, int)
+        empty = ApiEndpoint.from_connection(connection(extra_dejson={"timeout": "", "max_attempts": None}))
+        assert (empty.timeout, empty.max_attempts) == (30.0, 5)
+
+    @pytest.mark.parametrize(
+        ("extra", "message"),
+        [
+            ({"timeout": 0}, "extra 'timeout' must be a number of seconds > 0, got 0"),
+            ({"timeout": "soon"}, "extra 'timeout' must be a number of seconds > 0, got 'soon'"),
+            ({"timeout": "inf"}, "extra 'timeout' must be a number of seconds > 0, got 'inf'"),
+            ({"timeout": True}, "extra 'timeout' must be a number of seconds > 0, got True"),
+            ({"max_attempts": 0}, "extra 'max_attempts' must be a whole number >= 1, got 0"),
+            ({"max_attempts": 2.5}, "extra 'max_attempts' must be a whole number >= 1, got 2.5"),
+            ({"max_attempts": [3]}, "extra 'max_attempts' must be a whole number >= 1, got \\[3\\]"),
+        ],
+    )
+    def test_bad_timeout_or_attempts_name_the_extra_and_the_allowed_values(
+        self, extra: dict[str, Any], message: str
+    ) -> None:
+        with pytest.raises(OctopusXError, match=f"Connection 'octopusx_default': {message}"):
+            ApiEndpoint.from_connection(connection(extra_dejson=extra))
+
+    def test_the_hook_takes_attempts_from_the_connection_unless_given_a_policy(self) -> None:
+        hook = OctopusXHook()
+        hook._endpoint = ApiEndpoint(API, KEY, max_attempts=2)
+        assert hook.retry_policy.max_attempts == 2
+        assert OctopusXHook(retry_policy=FAST).retry_policy is FAST

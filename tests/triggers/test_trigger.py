@@ -43,6 +43,19 @@ async def events_of(trigger: VideoTaskTrigger) -> list[dict[str, Any]]:
     return [event.payload async for event in trigger.run()]
 
 
+async def test_timeout_and_attempts_of_the_connection_hold_in_the_triggerer(
+    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video_id = submit(octopusx_conn)
+    conn = {**json.loads(connection_uri(octopusx_conn)), "extra": {"timeout": 0.3, "max_attempts": 1}}
+    monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", json.dumps(conn))
+    octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", kind="delay", delay_seconds=1, times=3))
+    [event] = await events_of(trigger_for(video_id, max_poll_errors=2))
+    assert event["status"] == "error"
+    assert re.search(r"gave up after 2 failed polls: GET /v1/videos/\S+: ReadTimeout", event["message"])
+    assert octopusx_conn.stats.gets == 2  # one attempt per poll, as the connection says
+
+
 def test_serialize_round_trips_plain_values_without_the_key(octopusx_conn: Simulator) -> None:
     trigger = trigger_for("video_1", poll_interval=7, max_poll_errors=3)
     classpath, kwargs = trigger.serialize()
