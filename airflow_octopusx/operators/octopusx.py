@@ -21,6 +21,7 @@ from airflow.providers.common.compat.sdk import (
     ObjectStoragePath,
     XCom,
     conf,
+    get_hook_lineage_collector,
 )
 from fsspec.implementations.local import LocalFileSystem
 
@@ -371,6 +372,7 @@ class DownloadVideoOperator(BaseOperator):
                 downloaded = self._download_beside(hook, target)
         elapsed = max(time.monotonic() - started, 1e-6)
         uri = _plain_uri(target)
+        get_hook_lineage_collector().add_output_asset(context=target, uri=uri)
         self.log.info(
             "Stored video %s at %s (%d bytes, %.1f MB/s)",
             self.video_id,
@@ -400,8 +402,8 @@ class DownloadVideoOperator(BaseOperator):
                 context["outlet_events"][outlet].extra.update(extra)
 
     # Both write paths open the fsspec file itself, not ObjectStoragePath.open()'s wrapper, which records
-    # hook lineage on every write call (16,000 per GiB), of a temporary name on most stores; the
-    # operator's outlets announce the stored video instead.
+    # hook lineage on every write call (16,000 per GiB), of a temporary name on most stores; execute()
+    # records the stored video's lineage once instead.
 
     def _upload(self, hook: OctopusXHook, target: ObjectStoragePath) -> DownloadedVideo:
         """Stream to the destination key itself: no temporary object, so no server-side copy afterwards.

@@ -96,6 +96,23 @@ def test_destination_forms_store_the_exact_playable_mp4(
     assert files_under(tmp_path) == [relative.format(id=video_id)]  # no temporary file left behind
 
 
+def test_the_stored_file_is_recorded_once_as_hook_lineage(
+    video_id: str, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        from airflow.sdk.lineage import HookLineageCollector
+    except ImportError:  # Airflow < 3.2
+        from airflow.lineage.hook import HookLineageCollector  # type: ignore[no-redef]
+    collector = HookLineageCollector()  # what Airflow hands out when a lineage reader (OpenLineage) is on
+    monkeypatch.setattr("airflow_octopusx.operators.octopusx.get_hook_lineage_collector", lambda: collector)
+
+    result = download(video_id, f"{tmp_path}/clip.mp4", context)
+
+    lineage = collector.collected_assets
+    assert lineage.inputs == []
+    assert [(info.asset.uri, info.count) for info in lineage.outputs] == [(result, 1)]
+
+
 def test_relative_destination_is_resolved_against_the_working_directory(
     video_id: str, context: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
