@@ -26,6 +26,9 @@ os.environ.update(
 os.environ.pop("AIRFLOW_CONN_OCTOPUSX_DEFAULT", None)
 
 import json  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
@@ -58,6 +61,23 @@ def octopusx_conn(octopusx_simulator: Simulator, monkeypatch: pytest.MonkeyPatch
     """Point ``octopusx_default`` at the simulator, as a user would with an environment variable."""
     monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_simulator))
     return octopusx_simulator
+
+
+def when_a_fault_fires(simulator: Simulator, action: Callable[[], object]) -> threading.Thread:
+    """Run ``action`` on a thread as soon as the simulator has fired a fault, such as begun a delay.
+
+    Tied to the request rather than to a timer, so a slow machine cannot move it before or after it.
+    """
+
+    def wait_then_act() -> None:
+        deadline = time.monotonic() + 30
+        while simulator.stats.faults_fired == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        action()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
 
 
 def connection_uri(simulator: Simulator, api_key: str | None = None) -> str:

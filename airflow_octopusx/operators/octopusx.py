@@ -83,6 +83,9 @@ SUBMISSION_STATE_KEY = "octopusx_submission"
 #: Object stores whose uploads become visible only when committed, so a download can be written to its
 #: final key (s3fs, gcsfs). Not adlfs: it deletes an existing blob as soon as its upload begins.
 _COMMITTED_UPLOAD_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs"})
+#: Of those, the ones whose "xb" mode commits only while the key is still free (s3fs sends S3's
+#: ``If-None-Match: *``), so without ``overwrite`` an object that appeared meanwhile is not replaced.
+_EXCLUSIVE_CREATE_PROTOCOLS = frozenset({"s3", "s3a"})
 #: The part size of those uploads, S3's minimum. s3fs holds 3-4 parts in memory at peak: storing a 256 MiB
 #: video grew the worker's RSS by 154 MiB with its 50 MiB default, by 19 MiB with 5 MiB (31 MiB with 8).
 UPLOAD_PART_SIZE = 5 * 1024 * 1024
@@ -411,14 +414,17 @@ class DownloadVideoOperator(BaseOperator):
         Closing the file commits the upload, so on any failure it is discarded instead: nothing of this
         download is stored, and an object already at the key is left as it was.
         """
-        file = target.fs.open(target.path, "wb", block_size=UPLOAD_PART_SIZE)
+        exclusive = not self.overwrite and target.protocol in _EXCLUSIVE_CREATE_PROTOCOLS
+        file = target.fs.open(target.path, "xb" if exclusive else "wb", block_size=UPLOAD_PART_SIZE)
         try:
             downloaded = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
             file.close()
-        except BaseException:
+        except BaseException as error:
             # fsspec's flag (gcsfs's discard sets it too): close() and __del__ now commit nothing.
             file.closed = True
             file.discard()  # aborts an upload in progress; a smaller video was only ever in memory
+            if exclusive and isinstance(error, FileExistsError):
+                raise _appeared_meanwhile(target) from None
             raise
         return downloaded
 
@@ -446,9 +452,7 @@ class DownloadVideoOperator(BaseOperator):
         try:
             os.link(partial.path, target.path)
         except FileExistsError:
-            raise AirflowFailException(
-                f"{target} already exists (it appeared during the download); pass overwrite=True to replace"
-            ) from None
+            raise _appeared_meanwhile(target) from None
         partial.unlink()
 
     def _target(self) -> ObjectStoragePath:
@@ -482,6 +486,13 @@ def _declared_asset(destination: str | ObjectStoragePath) -> Asset | None:
     if "://" in destination:
         return Asset(destination)
     return Asset(f"file://{destination}") if Path(destination).is_absolute() else None
+
+
+def _appeared_meanwhile(target: ObjectStoragePath) -> AirflowFailException:
+    return AirflowFailException(
+        f"{_plain_uri(target)} already exists (it appeared during the download); "
+        "pass overwrite=True to replace"
+    )
 
 
 def _plain_uri(path: ObjectStoragePath) -> str:

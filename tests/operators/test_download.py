@@ -22,7 +22,7 @@ from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import DownloadVideoOperator
 from airflow_octopusx.simulator import Fault, Simulator, Stats
 from airflow_octopusx.simulator.media import VideoBody, sample_mp4
-from tests.conftest import xcom_values
+from tests.conftest import when_a_fault_fires, xcom_values
 
 GENERATION_SECONDS = 0.1
 LARGE_SIZE = 24 * 1024 * 1024
@@ -178,10 +178,10 @@ def test_file_created_during_the_download_is_not_replaced_without_overwrite(
     video_id: str, octopusx_conn: Simulator, context: dict[str, Any], tmp_path: Path
 ) -> None:
     target = tmp_path / "clip.mp4"
-    # The download's fresh look-up of the video is held back, so the file appears after the check.
-    octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", kind="delay", delay_seconds=0.6))
-    writer = threading.Timer(0.2, target.write_bytes, args=(b"written by someone else",))
-    writer.start()
+    # The download's fresh look-up of the video is held back, and the file appears meanwhile: after the
+    # operator's check that the destination is free, before the video is stored.
+    octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", kind="delay", delay_seconds=1))
+    writer = when_a_fault_fires(octopusx_conn, lambda: target.write_bytes(b"written by someone else"))
     try:
         with pytest.raises(AirflowFailException, match="already exists"):
             download(video_id, str(target), context)

@@ -32,6 +32,7 @@ from airflow_octopusx.operators.octopusx import (
 )
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.simulator.media import VideoBody, sample_mp4
+from tests.conftest import when_a_fault_fires
 from tests.storage.conftest import Bucket
 
 # Over two of the operator's upload parts: a multipart upload of three parts.
@@ -236,6 +237,27 @@ def test_an_existing_object_is_refused_untouched_without_any_download(
     assert bucket.read(key) == b"keep me"
     assert bucket.listed_keys() == [key]
     assert download_counts(octopusx_conn) == before
+
+
+@pytest.mark.parametrize("size", [LARGE_SIZE, 0], ids=["multipart", "one-shot"])
+def test_an_object_that_appears_during_the_download_is_not_replaced_without_overwrite(
+    size: int, octopusx_conn: Simulator, s3_conn_id: str, bucket: Bucket, context: dict[str, Any]
+) -> None:
+    video_id = submit(octopusx_conn, video_size_bytes=size).id
+    key = f"clips/{video_id}.mp4"
+    # The download's fresh look-up of the video is held back, and the object appears meanwhile: after the
+    # operator's check that the key is free, before the upload commits.
+    octopusx_conn.inject(Fault(route="GET /v1/videos/{id}", kind="delay", delay_seconds=1))
+    writer = when_a_fault_fires(octopusx_conn, lambda: bucket.write(key, b"written by someone else"))
+    try:
+        with pytest.raises(AirflowFailException, match=r"already exists \(it appeared during the download\)"):
+            download(video_id, bucket.uri(key), context, destination_conn_id=s3_conn_id)
+    finally:
+        writer.join()
+
+    assert bucket.read(key) == b"written by someone else"
+    assert bucket.listed_keys() == [key]
+    assert bucket.unfinished_uploads() == []
 
 
 def test_overwrite_true_replaces_an_existing_object(
