@@ -55,7 +55,10 @@ def test_a_slow_file_holds_back_the_download_after_a_bounded_number_of_chunks() 
 
     producer = threading.Thread(target=produce)
     producer.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while accepted < _WRITE_QUEUE_CHUNKS + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # room for a producer that is not held back to take in more
     # The queue is full and one chunk is held by the waiting write: no more is taken in.
     assert accepted == _WRITE_QUEUE_CHUNKS + 1
     file.release.set()
