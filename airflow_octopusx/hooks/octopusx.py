@@ -263,19 +263,45 @@ class OctopusXHook(BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def aget_video(self, video_id: str) -> VideoTask:
-        """Async ``get_video``, for the triggerer; call inside ``async with hook:``."""
-        if self._async_client is None:
+        """Async ``get_video``, for the triggerer; call inside ``async with hook:``.
+
+        A refused key is looked up again once, and the poll repeated if the connection now has another
+        key or URL: rotating the key does not fail the waits already in the triggerer.
+        """
+        try:
+            return await self._aget_video(video_id)
+        except AuthenticationError:
+            if not await self._reopen_with_fresh_connection():
+                raise
+            return await self._aget_video(video_id)
+
+    async def _aget_video(self, video_id: str) -> VideoTask:
+        client = self._async_client
+        if client is None:
             raise RuntimeError("aget_video needs the async client: use it inside `async with hook:`")
         path = _video_path(video_id)
         retrying = AsyncRetrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}"))
         async for attempt in retrying:
             with attempt:
                 try:
-                    response = await self._async_client.get(path)
+                    response = await client.get(path)
                 except httpx.TransportError as error:
                     raise _transport_error(error, f"GET {path}") from error
                 return _video_from(response, video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _reopen_with_fresh_connection(self) -> bool:
+        """Switch to the shared client of the connection as it is now; False if nothing changed."""
+        if self._shared_clients is None or self._async_client is None:
+            return False
+        refused = self._endpoint
+        self._endpoint, self._async_client = await self._shared_clients.reopen(
+            self.octopusx_conn_id, self._async_client, self._open_async_client
+        )
+        if self._endpoint == refused:
+            return False
+        self.log.info("Connection %r changed since its key was refused; polling again", self.octopusx_conn_id)
+        return True
 
     def wait_for_video(self, video_id: str, *, poll_interval: float, deadline: float) -> VideoTask:
         """Poll from the worker until completed; raise if it failed or the ``deadline`` (epoch) passed."""

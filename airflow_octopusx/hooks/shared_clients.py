@@ -44,6 +44,8 @@ class QueueingAsyncClient(httpx.AsyncClient):
 class _Entry:
     opening: asyncio.Future[Opened]
     users: int = field(default=0)
+    #: Clients that :meth:`SharedAsyncClients.reopen` replaced; closed with the entry, as others may use them.
+    replaced: list[httpx.AsyncClient] = field(default_factory=list)
 
 
 class SharedAsyncClients:
@@ -52,7 +54,8 @@ class SharedAsyncClients:
     The triggerer runs all its triggers in one loop: a client per trigger would hold a connection and
     repeat the connection lookup for every waiting video. Here the first trigger of a connection id looks
     it up and opens the client, the rest share both, and the client closes when its last user leaves, so
-    a changed connection is read afresh by the next wave of triggers.
+    a changed connection is read afresh by the next wave of triggers. A key the API refuses is looked up
+    again at once (:meth:`reopen`), so a rotated key does not fail the waits that are running.
     """
 
     def __init__(self) -> None:
@@ -71,6 +74,8 @@ class SharedAsyncClients:
         entry = self._entries.get(conn_id)
         if entry is None:
             entry = self._entries[conn_id] = _Entry(asyncio.ensure_future(open_client()))
+        elif _failed(entry.opening):  # while others hold the entry: try the lookup again
+            entry.opening = asyncio.ensure_future(open_client())
         entry.users += 1
         try:
             # Shielded: one caller being cancelled must not cancel the opening the others wait on.
@@ -79,19 +84,41 @@ class SharedAsyncClients:
             await self.release(conn_id)
             raise
 
+    async def reopen(
+        self, conn_id: str, refused: httpx.AsyncClient, open_client: Callable[[], Awaitable[Opened]]
+    ) -> Opened:
+        """The API refused ``refused``'s key: look the connection up again, unless another user already has.
+
+        The refused client stays open until the last user leaves, as other waits may be sending on it.
+        """
+        entry = self._entries[conn_id]
+        current = entry.opening
+        if _failed(current):
+            entry.opening = asyncio.ensure_future(open_client())
+        elif current.done() and current.result()[1] is refused:
+            entry.replaced.append(refused)
+            entry.opening = asyncio.ensure_future(open_client())
+        return await asyncio.shield(entry.opening)
+
     async def release(self, conn_id: str) -> None:
         entry = self._entries[conn_id]
         entry.users -= 1
         if entry.users:
             return
         del self._entries[conn_id]
+        for client in entry.replaced:
+            await client.aclose()
         if not entry.opening.done():
             entry.opening.cancel()
-        elif not entry.opening.cancelled() and entry.opening.exception() is None:
+        elif not _failed(entry.opening):
             await entry.opening.result()[1].aclose()
 
     def open_clients(self) -> int:
         return len(self._entries)
+
+
+def _failed(opening: asyncio.Future[Opened]) -> bool:
+    return opening.done() and (opening.cancelled() or opening.exception() is not None)
 
 
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SharedAsyncClients] = (

@@ -27,10 +27,9 @@ from airflow_octopusx.simulator.validation import InvalidRequest, validate_creat
 class VideosApi:
     """Handlers for the documented endpoints, answering like the real service (errors included)."""
 
-    def __init__(self, state: SimulatorState, *, api_key: str, cdn_url: str) -> None:
+    def __init__(self, state: SimulatorState, *, cdn_url: str) -> None:
         self.state = state
         self.cdn_url = cdn_url
-        self._api_key = api_key.encode()
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -111,7 +110,8 @@ class VideosApi:
 
     def _deny_unauthenticated(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self._api_key):
+        accepted = self.state.api_key.encode()
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), accepted):
             return None
         self.state.record_unauthorized()
         # The supplied key is never echoed back, not even partially.

@@ -18,9 +18,9 @@ class SimulatorApp:
     origin than the API so clients are tested on not sending credentials to it.
     """
 
-    def __init__(self, state: SimulatorState, *, api_key: str, cdn_url: str, cdn_port: int) -> None:
+    def __init__(self, state: SimulatorState, *, cdn_url: str, cdn_port: int) -> None:
         self.cdn_port = cdn_port
-        self.api = build_api_app(VideosApi(state, api_key=api_key, cdn_url=cdn_url), control_routes(state))
+        self.api = build_api_app(VideosApi(state, cdn_url=cdn_url), control_routes(state))
         self.cdn = CdnOrigin(state).app()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -57,9 +57,8 @@ class Simulator:
         settings: Settings | None = None,
     ) -> None:
         self.host = host
-        self.api_key = api_key
         self._requested_ports = (port, cdn_port)
-        self._state = SimulatorState(sample_mp4(), settings=settings)
+        self._state = SimulatorState(sample_mp4(), settings=settings, api_key=api_key)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -80,7 +79,7 @@ class Simulator:
             raise
         sockets = [api_socket, cdn_socket]
         self._ports = (sockets[0].getsockname()[1], sockets[1].getsockname()[1])
-        app = SimulatorApp(self._state, api_key=self.api_key, cdn_url=self.cdn_url, cdn_port=self._ports[1])
+        app = SimulatorApp(self._state, cdn_url=self.cdn_url, cdn_port=self._ports[1])
         config = uvicorn.Config(
             app,
             log_config=None,  # leave the host process's logging setup alone
@@ -166,8 +165,17 @@ class Simulator:
 
     # -- controls ---------------------------------------------------------------------------------
 
+    @property
+    def api_key(self) -> str:
+        """The one key the API accepts now."""
+        return self._state.api_key
+
+    def rotate_api_key(self, new_key: str) -> None:
+        """Accept ``new_key`` from now on and refuse the old one with ``401``, as a revoked key is."""
+        self._state.api_key = new_key
+
     def reset(self) -> None:
-        """Fresh state: no videos, faults, pending failures or stats; default settings."""
+        """Fresh state: no videos, faults, pending failures or stats; default settings and key."""
         self._state.reset()
 
     def configure(

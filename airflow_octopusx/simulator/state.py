@@ -250,9 +250,10 @@ class _PendingFault:
 class SimulatorState:
     """Thread-safe store behind one simulator; the app reads it, the test controls it."""
 
-    def __init__(self, sample: bytes, *, settings: Settings | None = None) -> None:
+    def __init__(self, sample: bytes, *, settings: Settings | None = None, api_key: str = "sim-key") -> None:
         self.sample = sample
         self.secret = secrets.token_bytes(32)
+        self._default_api_key = self.api_key = api_key
         self._defaults = self._checked(settings or Settings())
         self._lock = threading.Lock()
         self._settings = self._defaults
@@ -265,8 +266,9 @@ class SimulatorState:
     # -- controls ---------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget videos, faults, pending failures and counters; restore the default settings."""
+        """Forget videos, faults, pending failures and counters; restore the default settings and key."""
         with self._lock:
+            self.api_key = self._default_api_key
             self._settings = self._defaults
             self._random_faults = self._defaults.random_faults
             self._videos.clear()

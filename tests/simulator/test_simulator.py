@@ -168,6 +168,18 @@ def test_missing_or_wrong_key_is_401(
     assert octopusx_simulator.stats.videos_created == 0
 
 
+def test_a_rotated_key_refuses_the_old_one_until_reset(octopusx_simulator: Simulator) -> None:
+    url = f"{octopusx_simulator.api_url}/v1/videos"
+    old = auth(octopusx_simulator)
+    octopusx_simulator.rotate_api_key("sk-new")
+    assert octopusx_simulator.api_key == "sk-new"
+    assert httpx.post(url, json=VALID, headers=old).status_code == 401
+    assert httpx.post(url, json=VALID, headers=auth(octopusx_simulator)).status_code == 200
+    octopusx_simulator.reset()
+    assert octopusx_simulator.api_key == "sim-key"
+    assert httpx.post(url, json=VALID, headers=old).status_code == 200
+
+
 # -- create-video validation ----------------------------------------------------------------------
 
 PNG_DATA_URL = (

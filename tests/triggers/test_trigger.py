@@ -144,6 +144,38 @@ async def test_a_bad_key_ends_the_wait_at_once(
     assert octopusx_conn.stats.gets == 1
 
 
+async def test_waits_running_when_the_key_is_rotated_carry_on_with_the_new_key(
+    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video_ids = [submit(octopusx_conn, generation_seconds=1.5) for _ in range(20)]
+    lookups = 0
+    real_lookup = OctopusXHook.aget_connection
+
+    async def counting_lookup(conn_id: str) -> Any:
+        nonlocal lookups
+        lookups += 1
+        return await real_lookup(conn_id)
+
+    monkeypatch.setattr(OctopusXHook, "aget_connection", staticmethod(counting_lookup))
+
+    async def rotate_once_all_have_polled() -> None:
+        while octopusx_conn.stats.gets < 20:
+            await asyncio.sleep(0.01)
+        # As an admin does it: the connection gets the new key, then the old key is revoked.
+        monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_conn, "sk-rotated"))
+        octopusx_conn.rotate_api_key("sk-rotated")
+
+    *events, _ = await asyncio.gather(
+        *(events_of(trigger_for(video_id, poll_interval=0.1)) for video_id in video_ids),
+        rotate_once_all_have_polled(),
+    )
+
+    assert [event["status"] for [event] in events] == ["success"] * 20
+    assert octopusx_conn.stats.unauthorized >= 1
+    assert lookups == 2  # the first trigger's, and one more after the first refusal, for all of them
+    assert SharedAsyncClients.for_running_loop().open_clients() == 0
+
+
 async def test_an_unknown_video_ends_the_wait_at_once(octopusx_conn: Simulator) -> None:
     [event] = await events_of(trigger_for("video_missing"))
     assert (event["status"], event["code"]) == ("error", "not_found")
