@@ -251,7 +251,19 @@ class OctopusXHook(BaseHook):
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def get_video(self, video_id: str) -> VideoTask:
-        """The video's current state; retried on transport errors, 429 and 5xx."""
+        """The video's current state; retried on transport errors, 429 and 5xx.
+
+        A refused key is looked up again once, and the request repeated if the connection now has another
+        key or URL: rotating the key does not fail a wait or a download that is running.
+        """
+        try:
+            return self._get_video(video_id)
+        except AuthenticationError:
+            if not self._reconnect_with_fresh_connection():
+                raise
+            return self._get_video(video_id)
+
+    def _get_video(self, video_id: str) -> VideoTask:
         path = _video_path(video_id)
         for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}")):
             with attempt:
@@ -290,6 +302,16 @@ class OctopusXHook(BaseHook):
                 return _video_from(response, video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
+    def _reconnect_with_fresh_connection(self) -> bool:
+        """Switch to a new client if the connection has changed since its key was refused."""
+        fresh = ApiEndpoint.from_connection(self.get_connection(self.octopusx_conn_id))
+        if fresh == self._endpoint:
+            return False
+        self.close()
+        self._endpoint = fresh
+        self.log.info("Connection %r changed since its key was refused; asking again", self.octopusx_conn_id)
+        return True
+
     async def _reopen_with_fresh_connection(self) -> bool:
         """Switch to the shared client of the connection as it is now; False if nothing changed."""
         if self._shared_clients is None or self._async_client is None:
@@ -300,7 +322,7 @@ class OctopusXHook(BaseHook):
         )
         if self._endpoint == refused:
             return False
-        self.log.info("Connection %r changed since its key was refused; polling again", self.octopusx_conn_id)
+        self.log.info("Connection %r changed since its key was refused; asking again", self.octopusx_conn_id)
         return True
 
     def wait_for_video(self, video_id: str, *, poll_interval: float, deadline: float) -> VideoTask:

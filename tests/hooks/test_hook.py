@@ -132,6 +132,33 @@ class TestErrors:
         assert not caught.value.request_sent
 
 
+class TestRotatedKey:
+    def test_a_rotated_key_is_picked_up_by_a_wait_that_is_running(
+        self, hook: OctopusXHook, octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        video = hook.submit_video(REQUEST)
+        hook.get_video(video.id)
+        # As an admin does it: the connection gets the new key, then the old key is revoked.
+        monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_conn, "sk-rotated"))
+        octopusx_conn.rotate_api_key("sk-rotated")
+
+        wait_completed(hook, video.id)
+
+        assert octopusx_conn.stats.unauthorized == 1
+        assert hook.endpoint.api_key == "sk-rotated"
+
+    def test_a_revoked_key_still_in_the_connection_fails_after_one_lookup(
+        self, hook: OctopusXHook, octopusx_conn: Simulator
+    ) -> None:
+        video = hook.submit_video(REQUEST)
+        octopusx_conn.rotate_api_key("sk-elsewhere")
+        gets = octopusx_conn.stats.gets
+        with pytest.raises(AuthenticationError) as caught:
+            hook.get_video(video.id)
+        assert caught.value.status_code == 401
+        assert octopusx_conn.stats.gets == gets + 1
+
+
 class TestRetries:
     def test_timeout_and_attempts_come_from_the_connection_extra(
         self, octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import json
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -34,6 +35,14 @@ from airflow_octopusx.models import VideoRequest
 API = "https://api.octopusx.test"
 KEY = "sk-unit-test-key"
 FAST = RetryPolicy(max_attempts=4, base_delay=0.001, max_delay=0.002)
+
+
+@pytest.fixture(autouse=True)
+def connection_of_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection ``make_hook``'s endpoint stands for: a refused key makes the hook look it up."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OCTOPUSX_DEFAULT", json.dumps({"conn_type": "octopusx", "host": API, "password": KEY})
+    )
 
 
 def make_hook(handler: Callable[[httpx.Request], httpx.Response]) -> OctopusXHook:
