@@ -39,6 +39,20 @@ def trigger_for(
     )
 
 
+@pytest.fixture
+def connection_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The conn ids the hooks look up through Airflow's async connection API, in order."""
+    lookups: list[str] = []
+    real_lookup = OctopusXHook.aget_connection
+
+    async def counting_lookup(conn_id: str) -> Any:
+        lookups.append(conn_id)
+        return await real_lookup(conn_id)
+
+    monkeypatch.setattr(OctopusXHook, "aget_connection", staticmethod(counting_lookup))
+    return lookups
+
+
 async def events_of(trigger: VideoTaskTrigger) -> list[dict[str, Any]]:
     return [event.payload async for event in trigger.run()]
 
@@ -145,18 +159,9 @@ async def test_a_bad_key_ends_the_wait_at_once(
 
 
 async def test_waits_running_when_the_key_is_rotated_carry_on_with_the_new_key(
-    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch, connection_lookups: list[str]
 ) -> None:
     video_ids = [submit(octopusx_conn, generation_seconds=1.5) for _ in range(20)]
-    lookups = 0
-    real_lookup = OctopusXHook.aget_connection
-
-    async def counting_lookup(conn_id: str) -> Any:
-        nonlocal lookups
-        lookups += 1
-        return await real_lookup(conn_id)
-
-    monkeypatch.setattr(OctopusXHook, "aget_connection", staticmethod(counting_lookup))
 
     async def rotate_once_all_have_polled() -> None:
         while octopusx_conn.stats.gets < 20:
@@ -165,14 +170,16 @@ async def test_waits_running_when_the_key_is_rotated_carry_on_with_the_new_key(
         monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_conn, "sk-rotated"))
         octopusx_conn.rotate_api_key("sk-rotated")
 
-    *events, _ = await asyncio.gather(
-        *(events_of(trigger_for(video_id, poll_interval=0.1)) for video_id in video_ids),
-        rotate_once_all_have_polled(),
+    rotation = asyncio.ensure_future(rotate_once_all_have_polled())
+    events = await asyncio.gather(
+        *(events_of(trigger_for(video_id, poll_interval=0.1)) for video_id in video_ids)
     )
+    await rotation
 
     assert [event["status"] for [event] in events] == ["success"] * 20
     assert octopusx_conn.stats.unauthorized >= 1
-    assert lookups == 2  # the first trigger's, and one more after the first refusal, for all of them
+    # The first trigger's lookup, and one more after the first refusal, for all of them.
+    assert connection_lookups == ["octopusx_default"] * 2
     assert SharedAsyncClients.for_running_loop().open_clients() == 0
 
 
@@ -217,18 +224,9 @@ def test_unknown_events_are_refused(event: dict[str, Any] | None) -> None:
 
 
 async def test_triggers_in_one_loop_share_one_client_and_one_connection_lookup(
-    octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+    octopusx_conn: Simulator, connection_lookups: list[str]
 ) -> None:
     video_ids = [submit(octopusx_conn, generation_seconds=0.6) for _ in range(50)]
-    lookups = 0
-    real_lookup = OctopusXHook.aget_connection
-
-    async def counting_lookup(conn_id: str) -> Any:
-        nonlocal lookups
-        lookups += 1
-        return await real_lookup(conn_id)
-
-    monkeypatch.setattr(OctopusXHook, "aget_connection", staticmethod(counting_lookup))
     connections_before = octopusx_conn.stats.api_connections
 
     events = await asyncio.gather(
@@ -236,7 +234,7 @@ async def test_triggers_in_one_loop_share_one_client_and_one_connection_lookup(
     )
 
     assert [event["status"] for [event] in events] == ["success"] * 50
-    assert lookups == 1
+    assert connection_lookups == ["octopusx_default"]
     assert octopusx_conn.stats.api_connections - connections_before <= ASYNC_MAX_CONNECTIONS
     assert SharedAsyncClients.for_running_loop().open_clients() == 0  # closed with the last trigger
 
