@@ -95,7 +95,9 @@ class ApiEndpoint:
             base_url=str(url).rstrip("/"),
             api_key=conn.password,
             timeout=_positive_extra(conn.conn_id, extra, "timeout", DEFAULT_TIMEOUT),
-            max_attempts=int(_positive_extra(conn.conn_id, extra, "max_attempts", RetryPolicy.max_attempts)),
+            max_attempts=int(
+                _positive_extra(conn.conn_id, extra, "max_attempts", RetryPolicy.max_attempts, whole=True)
+            ),
         )
 
     @functools.cached_property
@@ -108,8 +110,10 @@ class ApiEndpoint:
         return (url.scheme, url.host, url.port) == self._origin
 
 
-def _positive_extra(conn_id: str, extra: dict[str, Any], name: str, default: float) -> float:
-    """A number > 0 from the connection's extra (a whole one if ``default`` is an int); absent: ``default``.
+def _positive_extra(
+    conn_id: str, extra: dict[str, Any], name: str, default: float, *, whole: bool = False
+) -> float:
+    """A number > 0 (a whole one if ``whole``) from the connection's extra; ``default`` if it is absent.
 
     A connection URI or the UI may give the number as a string.
     """
@@ -120,7 +124,6 @@ def _positive_extra(conn_id: str, extra: dict[str, Any], name: str, default: flo
         number = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         number = math.nan
-    whole = isinstance(default, int)
     if not (math.isfinite(number) and number > 0) or (whole and not number.is_integer()):
         allowed = "a whole number >= 1" if whole else "a number of seconds > 0"
         raise OctopusXError(f"Connection {conn_id!r}: extra {name!r} must be {allowed}, got {value!r}")
