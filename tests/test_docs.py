@@ -11,7 +11,10 @@ How each fenced block is checked, by language:
   ``print(...)  # expected`` comment must match what it printed.
 - ``bash``/``sh``/``console``: each command must be one that this test or CI runs: ``./dev test``
   (what CI runs), ``./dev demo`` (an example DAG that tests/example_dags runs too), ``pip install`` of
-  this package, ``export`` of an OctopusX connection or of a real Airflow option, ``python -m
+  this package (by name, from the checkout or as the wheel of this version in ``dist/``), ``uv build``,
+  ``python -m build`` and ``twine check --strict``/``twine upload`` of ``dist/*`` (what
+  ``scripts/check_dist.py`` in ``./dev test`` builds and checks; the upload is a release, never run
+  here), ``export`` of an OctopusX connection or of a real Airflow option, ``python -m
   airflow_octopusx.simulator`` (started here and stopped once it prints its connection), ``airflow db
   migrate``, ``airflow dags test`` of a DAG that exists, and ``curl`` to the simulator's controls (sent
   here to a running simulator). Anything else fails, so the docs cannot drift.
@@ -316,8 +319,13 @@ def package_extras() -> frozenset[str]:
 
 def check_pip_install(argv: list[str]) -> None:
     assert argv[:2] == ["pip", "install"], f"not a pip install: {argv}"
-    ours = [arg for arg in argv[2:] if re.fullmatch(r"airflow-provider-octopusx(\[[\w,-]+\])?", arg)]
-    assert ours, f"installs something other than airflow-provider-octopusx: {argv}"
+    # This package by name, from this checkout (`.`), or as the wheel `uv build` writes for this version.
+    wheel = re.escape(f"dist/airflow_provider_octopusx-{__version__}-py3-none-any.whl")
+    package = rf"(airflow-provider-octopusx|\.|{wheel})(\[[\w,-]+\])?"
+    ours = [arg for arg in argv[2:] if re.fullmatch(package, arg)]
+    assert ours, (
+        f"installs something other than airflow-provider-octopusx (or its wheel of {__version__}): {argv}"
+    )
     for arg in ours:
         extras = set(re.findall(r"[\w-]+", arg.partition("[")[2]))
         assert extras <= package_extras(), f"{arg}: pyproject.toml has no extra {extras - package_extras()}"
@@ -351,6 +359,19 @@ def check_connection_json(value: str) -> None:
     assert fields.get("conn_type") == "octopusx", f"not an octopusx connection: {value}"
     endpoint = ApiEndpoint.from_connection(Connection(conn_id="docs", **fields))  # the https rule holds
     assert endpoint.api_key == fields["password"]
+
+
+def check_release_command(argv: list[str]) -> None:
+    """Building and uploading: ``scripts/check_dist.py``, which ``./dev test`` runs, builds with ``uv build``
+    and runs ``twine check --strict``; ``twine upload`` is the release itself, never run from here."""
+    assert "scripts/check_dist.py" in (REPO / "dev").read_text(), "./dev test does not run check_dist.py"
+    known = (
+        ["uv", "build"],
+        ["python", "-m", "build"],
+        ["twine", "check", "--strict", "dist/*"],
+        ["twine", "upload", "dist/*"],
+    )
+    assert argv in known, f"not a build or upload command of docs/releasing.md: {argv}"
 
 
 def run_simulator_command(argv: list[str]) -> None:
@@ -441,6 +462,8 @@ def check_command(argv: list[str], request: pytest.FixtureRequest) -> None:
         run_simulator_command(argv)
     elif argv[0] == "pip":
         check_pip_install(argv)
+    elif argv[0] in ("uv", "twine") or argv[:3] == ["python", "-m", "build"]:
+        check_release_command(argv)
     elif argv[0] == "export":
         check_export(argv)
     elif argv[0] == "airflow":
