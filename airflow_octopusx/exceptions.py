@@ -81,12 +81,19 @@ class TransportError(OctopusXError):
         super().__init__(message)
 
 
+class InvalidResponseError(OctopusXError):
+    """An answer that is not what the API documents: not JSON, no video id, too long, undecodable.
+
+    Often a proxy's page or a broken gateway; a status check is asked again, a submission is not.
+    """
+
+
 class AmbiguousSubmissionError(TransportError):
     """A submission may or may not have reached the API: a video may exist and be billed."""
 
 
 class VideoFailedError(OctopusXError):
-    """The API finished the video with status ``failed`` or ``cancelled``."""
+    """The API finished the video with a failed status (``failed``, ``cancelled``, ``error`` ...)."""
 
     def __init__(self, video_id: str, message: str, code: str | None = None) -> None:
         self.video_id = video_id
@@ -117,6 +124,18 @@ class VideoDownloadError(OctopusXError):
     def __init__(self, video_id: str, problem: str) -> None:
         self.video_id = video_id
         super().__init__(f"Download of video {video_id} failed: {problem}")
+
+
+def excerpt(value: object, limit: int = 200) -> str:
+    """The start of a text from the network, fit for a log line or a message.
+
+    Control and other unprintable characters are shown escaped, so a body or an id cannot start a
+    forged log line; the length is capped, so it cannot flood one.
+    """
+    text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+    text = text[: limit + 1].strip()
+    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 3]}..."
 
 
 def _short_repr(value: object, limit: int = 80) -> str:

@@ -34,6 +34,23 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.triggers.octopusx"]}
         ],
+        "config": {
+            "octopusx": {
+                "description": "Settings of the OctopusX provider that apply to the whole deployment.",
+                "options": {
+                    "allowed_input_folders": {
+                        "description": "Comma-separated folders of the workers from which images and "
+                        "reference videos given as local paths may be read. Empty: any regular file the "
+                        "worker can read. Set it when prompts or paths come from run conf or other "
+                        "untrusted input.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/data/frames,/opt/airflow/images",
+                        "default": "",
+                    }
+                },
+            }
+        },
         "extra-links": ["airflow_octopusx.operators.octopusx.OctopusXVideoLink"],
         "connection-types": [
             {
@@ -46,6 +63,12 @@ def get_provider_info() -> dict[str, Any]:
                     "placeholders": {"host": "https://octopusx.ai", "password": "sk-..."},
                 },
                 "conn-fields": {
+                    "allow_private_links": {
+                        "label": "Follow video links to private addresses",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                        "description": "Let video links and redirects reach loopback, private or "
+                        "link-local addresses; only for a CDN inside your own network.",
+                    },
                     "allow_insecure_http": {
                         "label": "Allow plain http:// to a non-loopback host",
                         "schema": {"type": ["boolean", "null"], "default": False},

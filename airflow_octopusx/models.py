@@ -12,13 +12,14 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from airflow_octopusx.exceptions import InvalidVideoRequest, VideoFailedError
+from airflow_octopusx.exceptions import InvalidResponseError, InvalidVideoRequest, VideoFailedError, excerpt
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,11 @@ REFERENCE_VIDEO_FIELDS: Final = ("video", "video_url", "input_video")
 RUNNING_STATUSES: Final = frozenset({"queued", "in_progress", "processing"})
 #: Waits log a line when the status changes and each time progress passes a multiple of this (percent).
 PROGRESS_LOG_STEP: Final = 25
-FAILED_STATUSES: Final = frozenset({"failed", "cancelled"})
-COMPLETED: Final = "completed"
+# The vendors behind the gateway spell the end of a video in more ways than the doc lists.
+FAILED_STATUSES: Final = frozenset({"failed", "cancelled", "canceled", "error"})
+COMPLETED_STATUSES: Final = frozenset({"completed", "succeeded"})
+# A status is a word or two; anything else (markup, control characters, a novel) is not one.
+_STATUS = re.compile(r"[a-z][a-z0-9_ -]{0,39}")
 
 
 class _Unrendered:
@@ -327,28 +331,39 @@ class VideoTask:
     resolution: str | None = None
 
     @classmethod
-    def from_api(cls, payload: Mapping[str, Any]) -> VideoTask:
+    def from_api(cls, payload: Any) -> VideoTask:
+        """Parse a status answer; anything that is not a video raises ``InvalidResponseError``.
+
+        Lenient where gateways differ harmlessly (``progress`` as ``"50%"``, ``error`` as a plain string,
+        ``task_id`` for ``id``), strict where a wrong value would mislead: the id and the status.
+        """
+        if not isinstance(payload, Mapping):
+            raise InvalidResponseError(f"the answer is not a JSON object: {excerpt(repr(payload), 80)}")
         video_id = payload.get("id") or payload.get("task_id")
-        if not isinstance(video_id, str) or not video_id:
-            raise ValueError("the API answered without a video id")
-        status = str(payload.get("status") or "queued").lower()
-        if status not in RUNNING_STATUSES | FAILED_STATUSES | {COMPLETED}:
+        try:
+            video_id = check_video_id(video_id)
+        except InvalidVideoRequest:
+            raise InvalidResponseError(
+                f"the answer has no valid video id (got {excerpt(repr(video_id), 80)})"
+            ) from None
+        status = payload.get("status") or "queued"
+        if not isinstance(status, str) or not _STATUS.fullmatch(status.strip().lower()):
+            raise InvalidResponseError(
+                f"video {video_id} has no readable status (got {excerpt(repr(status), 80)})"
+            )
+        status = status.strip().lower()
+        if status not in RUNNING_STATUSES | FAILED_STATUSES | COMPLETED_STATUSES:
             _warn_unknown_status(status)
-        raw_error = payload.get("error")
-        error = None
-        if isinstance(raw_error, Mapping) and raw_error.get("message"):
-            code = raw_error.get("code")
-            error = VideoError(message=str(raw_error["message"]), code=None if code is None else str(code))
-        progress = payload.get("progress")
         created_at = payload.get("created_at")
+        video_url = payload.get("video_url")
         return cls(
             id=video_id,
             status=status,
-            progress=progress if isinstance(progress, (int, float)) and not isinstance(progress, bool) else 0,
-            video_url=str(payload.get("video_url") or ""),
-            error=error,
-            model=payload.get("model"),
-            created_at=created_at if isinstance(created_at, int) else None,
+            progress=_progress(payload.get("progress")),
+            video_url=video_url.strip() if isinstance(video_url, str) else "",
+            error=_video_error(payload.get("error")),
+            model=_optional_text(payload.get("model")),
+            created_at=created_at if type(created_at) is int else None,
             prompt=_optional_text(payload.get("prompt")),
             seconds=_optional_text(payload.get("seconds")),
             resolution=_optional_text(payload.get("resolution")),
@@ -365,7 +380,7 @@ class VideoTask:
 
     @property
     def is_completed(self) -> bool:
-        return self.status == COMPLETED
+        return self.status in COMPLETED_STATUSES
 
     @property
     def is_failed(self) -> bool:
@@ -389,6 +404,35 @@ class VideoTask:
 
 def _optional_text(value: Any) -> str | None:
     return None if value is None or isinstance(value, (dict, list)) else str(value)
+
+
+def _progress(value: Any) -> float:
+    """Percent done, 0 to 100, from a number or a string such as ``"50"`` or ``"50%"``; else 0."""
+    if isinstance(value, str):
+        value = value.strip().removesuffix("%")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        # An integer too large for a float is far past 100.
+        return 100.0 if isinstance(value, int) and value > 0 else 0.0
+    return min(max(number, 0.0), 100.0) if math.isfinite(number) else 0.0
+
+
+def _video_error(value: Any) -> VideoError | None:
+    """Why a video failed: ``{"message", "code"}``, or a plain string some vendors send instead."""
+    if isinstance(value, str):
+        return VideoError(excerpt(value, 1000)) if value.strip() else None
+    if not isinstance(value, Mapping):
+        return None
+    message, code = value.get("message"), value.get("code") or value.get("type")
+    if not message and not code:
+        return None
+    return VideoError(
+        message=excerpt(message, 1000) if message else "no message given",
+        code=None if code is None or isinstance(code, (dict, list)) else excerpt(code, 100),
+    )
 
 
 @functools.cache

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from airflow_octopusx.exceptions import InvalidVideoRequest, VideoFailedError
+from airflow_octopusx.exceptions import InvalidResponseError, InvalidVideoRequest, VideoFailedError
 from airflow_octopusx.models import UNRENDERED, VideoRequest, VideoTask, check_video_id
 
 PNG_URI = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n fake image").decode()
@@ -162,7 +162,7 @@ class TestVideoTask:
         assert task.progress == 42.5
 
     def test_without_any_id_is_an_error(self) -> None:
-        with pytest.raises(ValueError, match="video id"):
+        with pytest.raises(InvalidResponseError, match="video id"):
             VideoTask.from_api({"status": "queued"})
 
     def test_completed(self) -> None:
@@ -173,7 +173,7 @@ class TestVideoTask:
         assert task.is_finished
         task.raise_if_failed()
 
-    @pytest.mark.parametrize("status", ["failed", "cancelled"])
+    @pytest.mark.parametrize("status", ["failed", "cancelled", "canceled", "error", "FAILED"])
     def test_failed_raises_with_the_api_code_and_message(self, status: str) -> None:
         task = VideoTask.from_api(
             {"id": "v1", "status": status, "error": {"message": "Prompt refused", "code": "content_policy"}}
@@ -200,6 +200,38 @@ class TestVideoTask:
         assert [r.getMessage() for r in caplog.records].count(
             "OctopusX reported an unknown status 'rendering_frames'; treating it as still in progress."
         ) == 1
+
+    @pytest.mark.parametrize(
+        ("given", "read"),
+        [
+            *[("50", 50), ("50%", 50), (" 12.5 % ", 12.5), (150, 100), (-3, 0), ("NaN", 0)],
+            *[(float("inf"), 0), (10**400, 100), ("1e400", 0), ("half", 0), (True, 0), (None, 0), ([50], 0)],
+        ],
+    )
+    def test_progress_is_read_from_numbers_and_strings_and_kept_within_0_to_100(
+        self, given: Any, read: float
+    ) -> None:
+        assert VideoTask.from_api({"id": "v", "status": "in_progress", "progress": given}).progress == read
+
+    def test_an_error_given_as_a_plain_string_is_kept(self) -> None:
+        task = VideoTask.from_api({"id": "v", "status": "failed", "error": "Upstream vendor refused"})
+        with pytest.raises(VideoFailedError, match="Upstream vendor refused"):
+            task.raise_if_failed()
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            *[[], "video", None, 7, {"id": "v\r\nINFO forged"}, {"id": "x" * 100_000}],
+            *[
+                {"id": "v", "status": 3},
+                {"id": "v", "status": "<html>"},
+                {"id": "v", "status": "done\nINFO x"},
+            ],
+        ],
+    )
+    def test_answers_that_are_not_a_video_are_refused(self, payload: Any) -> None:
+        with pytest.raises(InvalidResponseError):
+            VideoTask.from_api(payload)
 
     def test_processing_is_a_known_running_status(self) -> None:
         assert not VideoTask.from_api({"id": "v", "status": "processing"}).is_finished

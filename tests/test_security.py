@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import redact
 
-from airflow_octopusx.hooks.octopusx import ApiEndpoint
+from airflow_octopusx.hooks.connection import ApiEndpoint
 from airflow_octopusx.simulator import Simulator
 from tests.conftest import REPO, connection_uri, load_dags
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import queue
+import re
 import threading
+import time
 from typing import IO
 
 import httpx
@@ -76,9 +78,12 @@ class Mp4Sink:
     Use it as a context manager: writing happens in a ``BackgroundWriter``, stopped on exit.
     """
 
-    def __init__(self, video_id: str, file: IO[bytes], max_bytes: int | None) -> None:
+    def __init__(
+        self, video_id: str, file: IO[bytes], max_bytes: int | None, deadline: float | None = None
+    ) -> None:
         self.video_id = video_id
         self.max_bytes = max_bytes
+        self.deadline = deadline
         self.written = 0
         self._head = b""
         self._writer = BackgroundWriter(file)
@@ -99,7 +104,15 @@ class Mp4Sink:
                 self.video_id, f"the video is {total} bytes, over the cap of {self.max_bytes} (max_bytes)"
             )
 
+    def check_deadline(self) -> None:
+        """Refuse to go on past the deadline (``time.monotonic()``), however slowly bytes still come."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise VideoDownloadError(
+                self.video_id, f"it did not finish in time ({self.written} bytes received; see timeout)"
+            )
+
     def write(self, chunk: bytes) -> None:
+        self.check_deadline()
         if len(self._head) < 8:
             self._head += chunk[: 8 - len(self._head)]
             if len(self._head) == 8 and self._head[_MP4_SIGNATURE_AT] != b"ftyp":
@@ -132,13 +145,27 @@ class Mp4Sink:
         return self.written
 
 
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)", re.IGNORECASE)
+
+
+def resumed_from(response: httpx.Response) -> int | None:
+    """Where the body starts in the file: 0 for a whole answer, the ``Content-Range`` start for a part;
+    None for a part whose ``Content-Range`` cannot be read."""
+    if response.status_code != 206:
+        return 0
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+    if match is None or int(match[2]) < int(match[1]):
+        return None
+    return int(match[1])
+
+
 def announced_total(response: httpx.Response, offset: int) -> int | None:
     """The whole file's size as the server states it (``Content-Range`` total, else offset + length)."""
-    content_range = response.headers.get("content-range", "")
-    if "/" in content_range and not content_range.endswith("/*"):
-        return int(content_range.rsplit("/", 1)[1])
-    length = response.headers.get("content-length")
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+    if match is not None and match[3] != "*":
+        return int(match[3])
+    length = response.headers.get("content-length", "").strip()
     # With a Content-Encoding the header counts encoded bytes, which iter_bytes has already decoded.
-    if length is None or "content-encoding" in response.headers:
+    if not length.isdigit() or "content-encoding" in response.headers:
         return None
     return offset + int(length)

@@ -2,44 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import functools
-import ipaddress
-import math
+import socket
 import time
-from collections.abc import Generator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import IO, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from airflow.providers.common.compat.sdk import BaseHook
 from tenacity import AsyncRetrying, Retrying
 
 from airflow_octopusx import __version__
 from airflow_octopusx.exceptions import (
     AmbiguousSubmissionError,
-    APIError,
     AuthenticationError,
-    BadRequestError,
-    NotFoundError,
+    InvalidResponseError,
     OctopusXError,
-    RateLimitError,
-    ServerError,
     TransportError,
     VideoDownloadError,
     VideoTimeoutError,
+    excerpt,
 )
-from airflow_octopusx.hooks.download import Mp4Sink, announced_total
-from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
+from airflow_octopusx.hooks.answers import (
+    Answer,
+    raise_for_status,
+    submitted_video_from,
+    transport_error,
+    video_from,
+)
+from airflow_octopusx.hooks.connection import Address, ApiEndpoint, ApiOnlyBearerAuth, ip_address
+from airflow_octopusx.hooks.download import Mp4Sink, announced_total, resumed_from
+from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.hooks.shared_clients import QueueingAsyncClient, SharedAsyncClients
 from airflow_octopusx.models import VideoRequest, VideoTask
 
-DEFAULT_BASE_URL = "https://octopusx.ai"
-# Seconds allowed for each HTTP connect, read and write, unless the connection's extra ``timeout`` says.
-DEFAULT_TIMEOUT = 30.0
-# None passes chunks on as the socket delivers them: on 1 GiB it measured 0.90-0.95x curl, against
-# 0.48-0.69x for 256 KiB and 0.31-0.39x for 1 MiB (benchmarks/download.py); memory stays flat either way.
+# None passes chunks on as the socket delivers them (the measurements are in docs/performance.md).
 DOWNLOAD_CHUNK_SIZE: int | None = None
 # Connections of the async client that every trigger of one event loop shares: a poll is one short GET,
 # so a handful of keep-alive connections serve a thousand waiting videos.
@@ -47,103 +47,18 @@ ASYNC_MAX_CONNECTIONS = 8
 # Longer than the usual poll interval (10 s), so waiting videos keep reusing the same connections instead
 # of reconnecting after httpx's default 5 s idle expiry.
 ASYNC_KEEPALIVE_SECONDS = 20.0
+# Redirects followed for one GET (a CDN may redirect once or twice); a submission follows none.
+MAX_REDIRECTS = 5
 # A CDN answers these when a signed link has expired or was revoked; the API's /content proxy still works.
 _EXPIRED_LINK_STATUSES = frozenset({401, 403, 404, 410})
-_ERROR_CLASSES: dict[int, type[APIError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: AuthenticationError,
-    404: NotFoundError,
-    422: BadRequestError,
-    429: RateLimitError,
-}
-
-
-@dataclass(frozen=True)
-class ApiEndpoint:
-    """Where the API is, the key for it and how patiently to talk to it, as the connection says.
-
-    The key is kept out of ``repr`` so it cannot leak into logs. ``timeout`` and ``max_attempts`` come
-    from the connection rather than the operators because a deferred wait rebuilds its hook in the
-    triggerer from the connection id alone, and there all waits of one connection share one client.
-    """
-
-    base_url: str
-    api_key: str = field(repr=False)
-    timeout: float = DEFAULT_TIMEOUT
-    max_attempts: int = RetryPolicy.max_attempts
-
-    @classmethod
-    def from_connection(cls, conn: Any) -> ApiEndpoint:
-        if not conn.password:
-            raise OctopusXError(
-                f"Connection {conn.conn_id!r} has no API key: put it in the connection's password field"
-            )
-        mask_secret(conn.password)
-        host = (conn.host or DEFAULT_BASE_URL).strip().rstrip("/")
-        url = httpx.URL(host if "://" in host else f"https://{host}")
-        if conn.port and url.port is None:
-            url = url.copy_with(port=conn.port)
-        allow_http = str(conn.extra_dejson.get("allow_insecure_http", False)).lower() == "true"
-        if url.scheme != "https" and not (url.scheme == "http" and (allow_http or _is_loopback(url.host))):
-            raise OctopusXError(
-                f"Connection {conn.conn_id!r}: base URL {str(url)!r} must use https:// (http:// is allowed "
-                "only for loopback hosts, or with extra {'allow_insecure_http': true})"
-            )
-        extra = conn.extra_dejson
-        return cls(
-            base_url=str(url).rstrip("/"),
-            api_key=conn.password,
-            timeout=_positive_extra(conn.conn_id, extra, "timeout", DEFAULT_TIMEOUT),
-            max_attempts=int(
-                _positive_extra(conn.conn_id, extra, "max_attempts", RetryPolicy.max_attempts, whole=True)
-            ),
-        )
-
-    @functools.cached_property
-    def _origin(self) -> tuple[str, str, int | None]:
-        # Parsed once: every request of every waiting video is checked against it.
-        own = httpx.URL(self.base_url)
-        return own.scheme, own.host, own.port
-
-    def is_api_origin(self, url: httpx.URL) -> bool:
-        return (url.scheme, url.host, url.port) == self._origin
-
-
-def _positive_extra(
-    conn_id: str, extra: dict[str, Any], name: str, default: float, *, whole: bool = False
-) -> float:
-    """A number > 0 (a whole one if ``whole``) from the connection's extra; ``default`` if it is absent.
-
-    A connection URI or the UI may give the number as a string.
-    """
-    value = extra.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not (math.isfinite(number) and number > 0) or (whole and not number.is_integer()):
-        allowed = "a whole number >= 1" if whole else "a number of seconds > 0"
-        raise OctopusXError(f"Connection {conn_id!r}: extra {name!r} must be {allowed}, got {value!r}")
-    return number
-
-
-class _ApiOnlyBearerAuth(httpx.Auth):
-    """Adds the key only to requests for the API's own origin, never to a CDN link or a redirect target."""
-
-    def __init__(self, endpoint: ApiEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self._endpoint.is_api_origin(request.url):
-            request.headers["Authorization"] = f"Bearer {self._endpoint.api_key}"
-        yield request
 
 
 class OctopusXHook(BaseHook):
     """Talks to the OctopusX video API with sync (worker) and async (triggerer) httpx clients.
+
+    Every answer is read up to a cap and parsed here or in :mod:`~airflow_octopusx.hooks.answers`, so
+    callers get a ``VideoTask`` or an ``OctopusXError``, never a raw httpx or parsing error. Redirects are
+    followed by hand, each hop checked against the connection's link rules (:meth:`ApiEndpoint.link_refusal`).
 
     :param octopusx_conn_id: an ``octopusx`` connection: host is the base URL (default
         ``https://octopusx.ai``), password is the API key.
@@ -191,10 +106,11 @@ class OctopusXHook(BaseHook):
     def _client_options(self, endpoint: ApiEndpoint) -> dict[str, Any]:
         return {
             "base_url": endpoint.base_url,
-            "auth": _ApiOnlyBearerAuth(endpoint),
+            "auth": ApiOnlyBearerAuth(endpoint),
             "timeout": httpx.Timeout(endpoint.timeout if self.timeout is None else self.timeout),
             "headers": {"User-Agent": f"airflow-provider-octopusx/{__version__}"},
-            "follow_redirects": True,
+            # Followed by hand (_send): each hop is checked, and a redirect's body is never read.
+            "follow_redirects": False,
         }
 
     @property
@@ -239,6 +155,68 @@ class OctopusXHook(BaseHook):
             self._shared_clients = None
             self._async_client = None
 
+    # -- sending: one request, its redirects, its answer ----------------------------------------------
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` and follow a GET's redirects; the answer's body is still to be read."""
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_link(request.url, _resolve(request.url) if self._must_resolve(request.url) else ())
+            response = self.client.send(request, stream=True)
+            redirect = _redirect_of(self.client, request, response)
+            if redirect is None:
+                return response
+            response.close()
+            request = redirect
+        raise _too_many_redirects(request)
+
+    async def _asend(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
+        """Async ``_send``."""
+        for _ in range(MAX_REDIRECTS + 1):
+            resolved = await _aresolve(request.url) if self._must_resolve(request.url) else ()
+            self._check_link(request.url, resolved)
+            response = await client.send(request, stream=True)
+            redirect = _redirect_of(client, request, response)
+            if redirect is None:
+                return response
+            await response.aclose()
+            request = redirect
+        raise _too_many_redirects(request)
+
+    def _must_resolve(self, url: httpx.URL) -> bool:
+        return self.endpoint.link_refusal(url) is None and self.endpoint.needs_resolving(url)
+
+    def _check_link(self, url: httpx.URL, addresses: Iterable[Address]) -> None:
+        reason = self.endpoint.link_refusal(url, addresses)
+        if reason is not None:
+            shown = excerpt(str(url.copy_with(query=None)), 120)
+            raise _LinkRefused(f"{shown} is not followed: {reason}", lasting=True)
+
+    def _exchange(self, method: str, path: str, **kwargs: Any) -> Answer:
+        """One request to the API and its whole (capped) answer; any failure is one of our errors."""
+        what = f"{method} {path}"
+        try:
+            request = self.client.build_request(method, path, **kwargs)
+            with contextlib.closing(self._send(request)) as response:
+                return Answer.read(response)
+        except httpx.HTTPError as error:
+            raise transport_error(error, what) from error
+        except _LinkRefused as refused:
+            raise InvalidResponseError(f"{what} was redirected off the API: {refused}") from None
+
+    async def _aexchange(self, client: httpx.AsyncClient, method: str, path: str) -> Answer:
+        """Async ``_exchange``."""
+        what = f"{method} {path}"
+        try:
+            response = await self._asend(client, client.build_request(method, path))
+            try:
+                return await Answer.aread(response)
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as error:
+            raise transport_error(error, what) from error
+        except _LinkRefused as refused:
+            raise InvalidResponseError(f"{what} was redirected off the API: {refused}") from None
+
     # -- API calls ----------------------------------------------------------------------------------
 
     def submit_video(self, request: VideoRequest) -> VideoTask:
@@ -247,14 +225,20 @@ class OctopusXHook(BaseHook):
         for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=False, what=what)):
             with attempt:
                 try:
-                    response = self.client.post("/v1/videos", json=request.to_json())
-                except httpx.TransportError as error:
-                    raise _submission_transport_error(error) from error
-                return _video_from(response)
+                    # Built here, not through _send: a submission never follows a redirect.
+                    sent = self.client.build_request("POST", "/v1/videos", json=request.to_json())
+                    with contextlib.closing(self.client.send(sent, stream=True)) as response:
+                        answer = Answer.read(response)
+                    raise_for_status(answer)
+                    return submitted_video_from(answer)
+                except httpx.HTTPError as error:
+                    raise _submission_error(transport_error(error, what)) from error
+                except InvalidResponseError as error:
+                    raise _submission_error(error) from None
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def get_video(self, video_id: str) -> VideoTask:
-        """The video's current state; retried on transport errors, 429 and 5xx.
+        """The video's current state; retried on transport errors, unreadable answers, 429 and 5xx.
 
         A refused key is looked up again once, and the request repeated if the connection now has another
         key or URL: rotating the key does not fail a wait or a download that is running.
@@ -270,11 +254,7 @@ class OctopusXHook(BaseHook):
         path = _video_path(video_id)
         for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}")):
             with attempt:
-                try:
-                    response = self.client.get(path)
-                except httpx.TransportError as error:
-                    raise _transport_error(error, f"GET {path}") from error
-                return _video_from(response, video_id)
+                return video_from(self._exchange("GET", path), video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def aget_video(self, video_id: str) -> VideoTask:
@@ -298,11 +278,7 @@ class OctopusXHook(BaseHook):
         retrying = AsyncRetrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}"))
         async for attempt in retrying:
             with attempt:
-                try:
-                    response = await client.get(path)
-                except httpx.TransportError as error:
-                    raise _transport_error(error, f"GET {path}") from error
-                return _video_from(response, video_id)
+                return video_from(await self._aexchange(client, "GET", path), video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _reconnect_with_fresh_connection(self) -> bool:
@@ -351,43 +327,60 @@ class OctopusXHook(BaseHook):
         *,
         chunk_size: int | None = DOWNLOAD_CHUNK_SIZE,
         max_bytes: int | None = None,
+        timeout: float | None = None,
     ) -> DownloadedVideo:
         """Stream the finished MP4 into ``file``; nothing is buffered whole.
 
-        Each attempt looks the video up afresh for a new signed ``video_url``. A refused link is asked for
-        once more, then the authenticated ``/v1/videos/{id}/content`` proxy is used (also when the link is
-        empty). A transfer cut short resumes with a ``Range`` request, or starts over if the server cannot.
+        Each attempt looks the video up afresh for a new signed ``video_url``. A refused link (expired, or
+        one the link rules do not allow) is asked for once more, then the authenticated
+        ``/v1/videos/{id}/content`` proxy is used (also when the link is empty). A transfer cut short
+        resumes with a ``Range`` request, or starts over if the server cannot. ``timeout`` bounds the
+        whole download in seconds, however slowly the bytes arrive.
         """
-        with Mp4Sink(video_id, file, max_bytes) as sink:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with Mp4Sink(video_id, file, max_bytes, deadline) as sink:
             return self._download_into(sink, chunk_size)
 
     def _download_into(self, sink: Mp4Sink, chunk_size: int | None) -> DownloadedVideo:
         video_id = sink.video_id
-        refused_links = 0
-        for attempt in range(1, self.retry_policy.max_attempts + 1):
+        failures = refused_links = 0
+        while True:
             video = self.get_video(video_id)
             video.raise_if_failed()
             if not video.is_completed:
                 raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
-            use_link = _is_http_url(video.video_url) and refused_links < 2
-            source = video.video_url if use_link else f"{_video_path(video_id)}/content"
+            # A refused link costs no attempt: after two, /content is used, which raises no _LinkRefused.
+            use_link = _is_web_url(video.video_url) and refused_links < 2
             try:
-                self._transfer(source, sink, chunk_size)
+                try:
+                    self._transfer(
+                        video.video_url if use_link else f"{_video_path(video_id)}/content", sink, chunk_size
+                    )
+                except _LinkRefused as refused:
+                    if use_link:
+                        raise
+                    if refused.lasting:
+                        raise VideoDownloadError(video_id, f"/content: {refused}") from None
+                    # /content's redirect to a fresh link that the CDN refused: ask /content again.
+                    raise TransportError(
+                        f"/content led to a refused link ({refused})", request_sent=True
+                    ) from None
                 return DownloadedVideo(video=video, size=sink.finish())
             except _LinkRefused as refused:
-                refused_links += 1
+                refused_links += 2 if refused.lasting else 1
                 self.log.info(
-                    "The signed link of video %s was refused (HTTP %d); %s",
+                    "The link of video %s was refused (%s); %s",
                     video_id,
-                    refused.status_code,
+                    refused,
                     "asking for a fresh one" if refused_links == 1 else "using the API's /content download",
                 )
             except OctopusXError as error:
-                if attempt == self.retry_policy.max_attempts or not self.retry_policy.is_retryable(
+                failures += 1
+                if failures == self.retry_policy.max_attempts or not self.retry_policy.is_retryable(
                     error, idempotent=True
                 ):
                     raise
-                delay = self.retry_policy.delay(attempt, error)
+                delay = self.retry_policy.delay(failures, error)
                 self.log.warning(
                     "Download of video %s interrupted at %d bytes (%s); resuming in %.1f s",
                     video_id,
@@ -396,48 +389,54 @@ class OctopusXHook(BaseHook):
                     delay,
                 )
                 time.sleep(delay)
-        raise VideoDownloadError(video_id, f"gave up after {self.retry_policy.max_attempts} attempts")
 
     def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int | None) -> None:
         """One GET of the video into ``sink``, from where the last attempt stopped."""
-        headers = {"Range": f"bytes={sink.written}-"} if sink.written else {}
-        request = self.client.build_request("GET", url, headers=headers)
         what = f"download of video {sink.video_id}"
+        sink.check_deadline()
         try:
-            response = self.client.send(request, stream=True)
-        except httpx.TransportError as error:
-            raise _transport_error(error, what) from error
-        with contextlib.closing(response):
-            # response.url, not request.url: /content may redirect to the CDN, whose refusal is a link's.
-            if response.status_code in _EXPIRED_LINK_STATUSES and not self.endpoint.is_api_origin(
-                response.url
-            ):
-                raise _LinkRefused(response.status_code)
-            _checked(response, sink.video_id, stream=True)
-            if response.status_code != 206:
-                sink.restart()  # a full answer: the server ignored or could not honour the Range
-            total = announced_total(response, sink.written)
-            sink.check_size(total)
-            try:
+            headers = {"Range": f"bytes={sink.written}-"} if sink.written else {}
+            request = self.client.build_request("GET", url, headers=headers)
+            with contextlib.closing(self._send(request)) as response:
+                # response.url, not url: /content may redirect to the CDN, whose refusal is a link's.
+                if response.status_code in _EXPIRED_LINK_STATUSES and not self.endpoint.is_api_origin(
+                    response.url
+                ):
+                    raise _LinkRefused(f"HTTP {response.status_code}")
+                if not response.is_success:
+                    raise_for_status(Answer.read(response), sink.video_id)
+                    raise InvalidResponseError(f"{what}: the server answered HTTP {response.status_code}")
+                start = resumed_from(response)
+                if start != sink.written:
+                    # A full answer, or a part from another offset than asked: start over from 0.
+                    sink.restart()
+                    if start != 0:
+                        raise TransportError(
+                            f"{what}: the server answered from byte {start} instead of the one asked for; "
+                            "starting over",
+                            request_sent=True,
+                        )
+                total = announced_total(response, sink.written)
+                sink.check_size(total)
                 for chunk in response.iter_bytes(chunk_size):
                     sink.write(chunk)
-            except httpx.TransportError as error:
-                raise TransportError(
-                    f"{what} broke after {sink.written} bytes: {error}", request_sent=True
-                ) from error
+        except (httpx.TransportError, httpx.DecodingError) as error:
+            raise TransportError(
+                f"{what} broke after {sink.written} bytes: {excerpt(str(error))}", request_sent=True
+            ) from error
+        except httpx.HTTPError as error:
+            raise transport_error(error, what) from error
         if total is not None and sink.written != total:
             raise TransportError(f"{what} ended at {sink.written} of {total} bytes", request_sent=True)
 
     def test_connection(self) -> tuple[bool, str]:
         """Check URL and key by asking for a video id that cannot exist: a 404 proves both, for free."""
         try:
-            response = self.client.get(_video_path("octopusx-connection-test"))
-            if response.status_code == 404:
+            answer = self._exchange("GET", _video_path("octopusx-connection-test"))
+            if answer.status_code == 404:
                 return True, f"Connected to {self.endpoint.base_url}; the API key was accepted."
-            _checked(response)
+            raise_for_status(answer)
             return True, f"Connected to {self.endpoint.base_url}."
-        except httpx.TransportError as error:
-            return False, f"Could not reach {self.endpoint.base_url}: {error}"
         except OctopusXError as error:
             return False, str(error)
 
@@ -451,87 +450,68 @@ class DownloadedVideo:
 
 
 class _LinkRefused(Exception):
-    """The CDN refused a signed link (expired or revoked); a fresh link or /content will do."""
+    """A link or redirect refused by the CDN (expired, revoked) or by the link rules; /content will do.
 
-    def __init__(self, status_code: int) -> None:
-        super().__init__(status_code)
-        self.status_code = status_code
+    ``lasting``: the link rules refused it, so a fresh link from the same place would be refused too.
+    """
+
+    def __init__(self, reason: str, *, lasting: bool = False) -> None:
+        super().__init__(reason)
+        self.lasting = lasting
 
 
-def _video_from(response: httpx.Response, video_id: str | None = None) -> VideoTask:
-    """Parse a video answer; a malformed one is an ``OctopusXError``, like any other API failure."""
-    _checked(response, video_id)
+def _is_web_url(link: str) -> bool:
     try:
-        return VideoTask.from_api(response.json())
-    except (ValueError, AttributeError) as error:
-        raise OctopusXError(
-            f"OctopusX sent an answer that is not a video (HTTP {response.status_code}): {error}"
-        ) from error
+        url = httpx.URL(link)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
+
+
+def _redirect_of(
+    client: httpx.Client | httpx.AsyncClient, request: httpx.Request, response: httpx.Response
+) -> httpx.Request | None:
+    """The next hop of a GET that was answered with a redirect; None for any other answer."""
+    if request.method != "GET" or not response.has_redirect_location:
+        return None
+    url = request.url.join(response.headers["location"])
+    headers = {"Range": request.headers["range"]} if "range" in request.headers else {}
+    return client.build_request("GET", url, headers=headers)
+
+
+def _resolve(url: httpx.URL) -> list[Address]:
+    try:
+        found = socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []  # the connection will fail on its own, and say why
+    return [address for *_, sockaddr in found if (address := ip_address(str(sockaddr[0])))]
+
+
+async def _aresolve(url: httpx.URL) -> list[Address]:
+    try:
+        loop = asyncio.get_running_loop()
+        found = await loop.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return [address for *_, sockaddr in found if (address := ip_address(str(sockaddr[0])))]
+
+
+def _submission_error(error: OctopusXError) -> OctopusXError:
+    """After the request left, a lost or unreadable answer means a video may exist: say so, never resend."""
+    if isinstance(error, TransportError) and not error.request_sent:
+        return error
+    return AmbiguousSubmissionError(
+        f"{error} - the submission may have reached OctopusX and created a billed video. It was not sent "
+        "again; look for it among your recent videos before submitting once more.",
+        request_sent=True,
+    )
 
 
 def _video_path(video_id: str) -> str:
     return f"/v1/videos/{quote(video_id, safe='')}"
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
-def _is_http_url(url: str) -> bool:
-    return urlsplit(url).scheme in ("http", "https")
-
-
-def _checked(
-    response: httpx.Response, video_id: str | None = None, *, stream: bool = False
-) -> httpx.Response:
-    """Return a successful response; turn any other into the matching ``APIError``."""
-    if response.is_success:
-        return response
-    if stream:
-        response.read()
-    message, code = _error_details(response)
-    status = response.status_code
-    error_class = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
-    raise error_class(
-        message,
-        status_code=status,
-        code=code,
-        request_id=response.headers.get("x-request-id"),
-        video_id=video_id,
-        retry_after=parse_retry_after(response.headers.get("retry-after")),
-    )
-
-
-def _error_details(response: httpx.Response) -> tuple[str, str | None]:
-    """The API's OpenAI-style ``{"error": {"message", "code"}}``, or the start of a non-JSON body."""
-    try:
-        error = response.json().get("error")
-    except ValueError:
-        error = None
-    if isinstance(error, dict) and error.get("message"):
-        code = error.get("code") or error.get("type")
-        return str(error["message"]), None if code is None else str(code)
-    text = response.text.strip()[:200]
-    return text or response.reason_phrase or "HTTP error", None
-
-
-def _transport_error(error: httpx.TransportError, what: str) -> TransportError:
-    never_sent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-    return TransportError(f"{what}: {type(error).__name__}: {error}", request_sent=not never_sent)
-
-
-def _submission_transport_error(error: httpx.TransportError) -> TransportError:
-    """After the request left, a lost answer means a video may exist: say so instead of sending it again."""
-    plain = _transport_error(error, "POST /v1/videos")
-    if not plain.request_sent:
-        return plain
-    return AmbiguousSubmissionError(
-        f"{plain} - the submission may have reached OctopusX and created a billed video. It was not sent "
-        "again; look for it among your recent videos before submitting once more.",
-        request_sent=True,
+def _too_many_redirects(request: httpx.Request) -> InvalidResponseError:
+    return InvalidResponseError(
+        f"{request.method} {excerpt(request.url.path, 120)}: more than {MAX_REDIRECTS} redirects"
     )

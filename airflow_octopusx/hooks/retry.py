@@ -11,7 +11,13 @@ from typing import Any
 
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
 
-from airflow_octopusx.exceptions import RateLimitError, ServerError, TransportError
+from airflow_octopusx.exceptions import (
+    InvalidResponseError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    VideoFailedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +26,11 @@ log = logging.getLogger(__name__)
 class RetryPolicy:
     """Capped exponential backoff with jitter that honours ``Retry-After``.
 
-    A read (``idempotent=True``) is retried on transport errors, 429 and 5xx. A submission creates a
-    billed video, so it is retried only when the server provably did no work: the connection was never
-    made, or the server refused up front (429, or 503 with ``Retry-After``).
+    A read (``idempotent=True``) is retried on transport errors, unreadable answers, 429 and 5xx. A
+    submission creates a billed video, so it is retried only when the server provably did no work: the
+    connection was never made, or the server refused up front (429, or 503 with ``Retry-After``).
+
+    A video the API failed is a different matter: see ``is_transient_failure``.
     """
 
     max_attempts: int = 5
@@ -33,6 +41,8 @@ class RetryPolicy:
     def is_retryable(self, error: BaseException, *, idempotent: bool) -> bool:
         if isinstance(error, TransportError):
             return idempotent or not error.request_sent
+        if isinstance(error, InvalidResponseError):
+            return idempotent
         if isinstance(error, RateLimitError):
             return True
         if isinstance(error, ServerError):
@@ -70,6 +80,20 @@ class RetryPolicy:
             "before_sleep": before_sleep,
             "reraise": True,
         }
+
+
+#: Error codes of failed videos that another submission of the same request may well get past.
+TRANSIENT_VIDEO_FAILURES = frozenset(
+    {"internal_error", "server_error", "service_unavailable", "timeout", "upstream_error"}
+)
+
+
+def is_transient_failure(error: VideoFailedError) -> bool:
+    """Whether submitting the same request again (a new, billed video) may succeed where this one failed.
+
+    Only when the API blames itself: a prompt refused for its content would be refused, and paid for, again.
+    """
+    return error.code in TRANSIENT_VIDEO_FAILURES
 
 
 def _error_of(state: RetryCallState) -> BaseException | None:

@@ -6,14 +6,13 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
-if TYPE_CHECKING:
-    from airflow_octopusx.hooks.octopusx import ApiEndpoint
+from airflow_octopusx.hooks.connection import ApiEndpoint
 
-Opened = tuple["ApiEndpoint", httpx.AsyncClient]
+Opened = tuple[ApiEndpoint, httpx.AsyncClient]
 
 
 class QueueingAsyncClient(httpx.AsyncClient):

@@ -30,8 +30,10 @@ from airflow_octopusx.exceptions import (
     BadRequestError,
     InvalidVideoRequest,
     NotFoundError,
+    VideoFailedError,
 )
 from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
+from airflow_octopusx.hooks.retry import is_transient_failure
 from airflow_octopusx.inputs import is_file_reference, read_as_data_uri
 from airflow_octopusx.models import (
     DEFAULT_MODEL,
@@ -76,6 +78,8 @@ def _known(value: Any) -> Any:
 VIDEO_URL_XCOM_KEY = "video_url"
 # Generous for a 30 s 4K clip, small enough to stop a runaway or hostile response filling a disk.
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
+# A capped video at a slow 1 MB/s takes about 36 minutes; a CDN dripping bytes must not hold a slot forever.
+DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 #: The asset alias stored videos are announced through when their path is known only at run time.
 DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
@@ -97,7 +101,8 @@ class OctopusXVideoLink(BaseOperatorLink):
     name = "OctopusX video"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return XCom.get_value(ti_key=ti_key, key=VIDEO_URL_XCOM_KEY) or ""
+        link = XCom.get_value(ti_key=ti_key, key=VIDEO_URL_XCOM_KEY)
+        return link if _is_web_link(link) else ""
 
 
 class SubmitVideoOperator(BaseOperator):
@@ -120,6 +125,7 @@ class SubmitVideoOperator(BaseOperator):
         ``extra_body``.
     :param extra_body: further JSON fields sent as they are; for ``omni-fast-v2v`` a reference video
         (``video``, ``video_url`` or ``input_video``) may also be a path or storage URI (up to 15 MB).
+        No other field is ever read as a file.
     :param octopusx_conn_id: the ``octopusx`` connection.
     :param input_conn_id: connection for reading images and videos given as storage URIs (e.g. an
         ``aws`` connection for ``s3://``).
@@ -127,6 +133,10 @@ class SubmitVideoOperator(BaseOperator):
     :param deferrable: wait in the triggerer, freeing the worker slot.
     :param poll_interval: seconds between status checks.
     :param timeout: seconds to wait for the video before failing; the video itself is not cancelled.
+    :param resubmit_failed: when the API fails the video, let Airflow's retries submit the request again
+        (a new, billed video) whatever the reason. By default only failures the API blames on itself
+        (``hooks.retry.TRANSIENT_VIDEO_FAILURES``) are retried; a request it refused (content policy, bad
+        input) fails the task at once, as the same request would fail, and be paid for, again.
     """
 
     template_fields: Sequence[str] = _REQUEST_FIELDS
@@ -152,6 +162,7 @@ class SubmitVideoOperator(BaseOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10,
         timeout: float = 3600,
+        resubmit_failed: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -170,6 +181,8 @@ class SubmitVideoOperator(BaseOperator):
         self.deferrable = deferrable
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.resubmit_failed = resubmit_failed
+        self._video_id: str | None = None
         try:
             VideoRequest.check_known(self._known_fields())
         except InvalidVideoRequest as error:
@@ -200,8 +213,11 @@ class SubmitVideoOperator(BaseOperator):
         if isinstance(fields["images"], (list, tuple)):
             fields["images"] = [inline(f"images[{i}]", image) for i, image in enumerate(fields["images"])]
         if isinstance(fields["extra_body"], dict) and fields["model"] != DEFAULT_MODEL:
+            # Only the reference video may be a file; any other string is the API's to read as it is.
             fields["extra_body"] = {
-                key: inline(f"extra_body.{key}", value, video=key in REFERENCE_VIDEO_FIELDS)
+                key: inline(f"extra_body.{key}", value, video=True)
+                if key in REFERENCE_VIDEO_FIELDS
+                else value
                 for key, value in fields["extra_body"].items()
             }
         return fields
@@ -212,10 +228,14 @@ class SubmitVideoOperator(BaseOperator):
         except InvalidVideoRequest as error:
             raise AirflowFailException(f"Invalid argument after rendering templates: {error}") from error
         with self.hook:
-            return self._submit_and_wait(context, request)
+            try:
+                return self._submit_and_wait(context, request)
+            except VideoFailedError as error:
+                raise self._failure(error) from error
 
     def _submit_and_wait(self, context: Context, request: VideoRequest) -> str:
         video = self._submit_or_resume(context, request)
+        self._video_id = video.id
         context["ti"].xcom_push(key="video_id", value=video.id)
         if not self.wait_for_completion:
             _forget_submission(context)
@@ -286,17 +306,52 @@ class SubmitVideoOperator(BaseOperator):
         return video
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
-        video_id = video_id_from_event(event)
+        try:
+            video_id = video_id_from_event(event)
+        except VideoFailedError as error:
+            raise self._failure(error) from error
         # The event carries no link (it is stored in the metadata DB); one look-up fetches a fresh one.
         with self.hook:
             return self._completed(context, self.hook.get_video(video_id))
 
+    def _failure(self, error: VideoFailedError) -> Exception:
+        """What a failed video does to the task: a retry submits again, so only where that may help."""
+        if self.resubmit_failed or is_transient_failure(error):
+            self.log.warning(
+                "Video %s failed with %s, which may not happen again: a retry of this task submits the "
+                "request anew (a new, billed video).",
+                error.video_id,
+                f"code {error.code!r}" if error.code else "no error code",
+            )
+            return error
+        reason = f"code {error.code!r}" if error.code else "no error code"
+        return AirflowFailException(
+            f"{error}. Not retried: OctopusX failed the video with {reason}, which says nothing of a "
+            "passing fault, so the same request would most likely fail again, and every submission is "
+            "billed. Change the prompt or inputs, or set resubmit_failed=True to submit it again on retry."
+        )
+
     def _completed(self, context: Context, video: VideoTask) -> str:
-        host = urlsplit(video.video_url).hostname if video.video_url else "the API's /content download"
+        link = video.video_url if _is_web_link(video.video_url) else ""
+        host = urlsplit(link).hostname if link else "the API's /content download"
         self.log.info("Video %s completed; it can be fetched from %s", video.id, host)
-        context["ti"].xcom_push(key=VIDEO_URL_XCOM_KEY, value=video.video_url)
+        context["ti"].xcom_push(key=VIDEO_URL_XCOM_KEY, value=link)
         _forget_submission(context)
         return video.id
+
+    def on_kill(self) -> None:
+        if self._video_id is not None:
+            self.log.warning(
+                "Stopped waiting for video %s, which OctopusX may still be rendering: its API has no way "
+                "to cancel a video. Running this task again resumes it instead of paying for a new one "
+                "(Airflow 3.3+).",
+                self._video_id,
+            )
+
+
+def _is_web_link(link: Any) -> bool:
+    """Only http(s) links go to XCom and the task page: never ``javascript:`` or ``file:``."""
+    return isinstance(link, str) and urlsplit(link).scheme.lower() in ("http", "https")
 
 
 def _forget_submission(context: Context) -> None:
@@ -322,6 +377,8 @@ class DownloadVideoOperator(BaseOperator):
     :param overwrite: replace an existing file instead of failing.
     :param octopusx_conn_id: the ``octopusx`` connection.
     :param max_bytes: refuse a video larger than this, before or while it downloads (``None``: no cap).
+    :param timeout: seconds the whole download may take, however slowly the bytes arrive (``None``: no
+        limit beyond the connection's per-read timeout).
     :param asset_alias: the stored video is announced as an Airflow asset with its metadata (video id,
         model, prompt, seconds, resolution, bytes), so DAGs can be scheduled on new videos. A fixed
         ``.mp4`` destination is declared as that ``Asset``; any other destination (a folder, a template)
@@ -342,6 +399,7 @@ class DownloadVideoOperator(BaseOperator):
         overwrite: bool = False,
         octopusx_conn_id: str = OctopusXHook.default_conn_name,
         max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+        timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
         **kwargs: Any,
     ) -> None:
@@ -355,6 +413,7 @@ class DownloadVideoOperator(BaseOperator):
         self.overwrite = overwrite
         self.octopusx_conn_id = octopusx_conn_id
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     def execute(self, context: Context) -> str:
         try:
@@ -417,7 +476,9 @@ class DownloadVideoOperator(BaseOperator):
         exclusive = not self.overwrite and target.protocol in _EXCLUSIVE_CREATE_PROTOCOLS
         file = target.fs.open(target.path, "xb" if exclusive else "wb", block_size=UPLOAD_PART_SIZE)
         try:
-            downloaded = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
+            downloaded = hook.download_video(
+                self.video_id, file, max_bytes=self.max_bytes, timeout=self.timeout
+            )
             file.close()
         except BaseException as error:
             # fsspec's flag (gcsfs's discard sets it too): close() and __del__ now commit nothing.
@@ -433,7 +494,9 @@ class DownloadVideoOperator(BaseOperator):
         partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
         try:
             with partial.fs.open(partial.path, "wb") as file:
-                downloaded = hook.download_video(self.video_id, file, max_bytes=self.max_bytes)
+                downloaded = hook.download_video(
+                    self.video_id, file, max_bytes=self.max_bytes, timeout=self.timeout
+                )
             self._publish(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)

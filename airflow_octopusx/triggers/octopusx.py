@@ -10,21 +10,12 @@ from typing import Any, Final
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_octopusx.exceptions import (
-    OctopusXError,
-    RateLimitError,
-    ServerError,
-    TransportError,
-    VideoFailedError,
-    VideoTimeoutError,
-)
+from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoTask
 
 #: Every status a ``VideoTaskTrigger`` event can carry; ``video_id_from_event`` refuses anything else.
 EVENT_STATUSES: Final = ("success", "failed", "timeout", "error")
-# Worth polling again; anything else (bad key, unknown video) will not get better by waiting.
-_TRANSIENT_ERRORS = (TransportError, RateLimitError, ServerError)
 
 
 class VideoTaskTrigger(BaseTrigger):
@@ -86,7 +77,10 @@ class VideoTaskTrigger(BaseTrigger):
         while True:
             try:
                 video = await hook.aget_video(self.video_id)
-            except _TRANSIENT_ERRORS as error:
+            except OctopusXError as error:
+                # The hook's retry policy decides what is worth polling again; a bad key will not heal.
+                if not hook.retry_policy.is_retryable(error, idempotent=True):
+                    raise
                 poll_errors += 1
                 self.log.warning("Poll %d of video %s failed: %s", poll_errors, self.video_id, error)
                 if poll_errors >= self.max_poll_errors:
@@ -106,6 +100,15 @@ class VideoTaskTrigger(BaseTrigger):
             if remaining <= 0:
                 return self._event("timeout", "deadline passed", last)
             await asyncio.sleep(min(self.poll_interval * random.uniform(0.9, 1.1), remaining))
+
+    async def on_kill(self) -> None:
+        """A user marked the task failed or cleared it while it waited (Airflow 3.3+)."""
+        self.log.warning(
+            "Stopped waiting for video %s, which OctopusX may still be rendering: its API has no way to "
+            "cancel a video. Running the submitting task again resumes this video instead of paying for "
+            "a new one (Airflow 3.3+).",
+            self.video_id,
+        )
 
     def _event(
         self, status: str, message: str, video: VideoTask | None, code: str | None = None

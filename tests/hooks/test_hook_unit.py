@@ -21,6 +21,7 @@ from airflow_octopusx.exceptions import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    InvalidResponseError,
     NotFoundError,
     OctopusXError,
     RateLimitError,
@@ -28,7 +29,8 @@ from airflow_octopusx.exceptions import (
     TransportError,
     VideoDownloadError,
 )
-from airflow_octopusx.hooks.octopusx import ApiEndpoint, OctopusXHook
+from airflow_octopusx.hooks.connection import ApiEndpoint
+from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
 from airflow_octopusx.models import VideoRequest
 
@@ -219,7 +221,7 @@ def test_key_goes_only_to_the_api_origin() -> None:
     [httpx.Response(200, text="<html>maintenance</html>"), httpx.Response(200, json={"status": "queued"})],
 )
 def test_a_malformed_answer_is_an_octopusx_error(answer: httpx.Response) -> None:
-    with pytest.raises(OctopusXError, match="not a video"):
+    with pytest.raises(InvalidResponseError, match=r"not JSON|no valid video id"):
         make_hook(Recorder(answer)).get_video("video_1")
 
 
@@ -381,7 +383,7 @@ class TestApiEndpoint:
         assert ApiEndpoint.from_connection(allowed).base_url == "http://gateway.internal"
 
     def test_missing_key_is_a_clear_error(self) -> None:
-        with pytest.raises(OctopusXError, match="has no API key: put it in the connection's password"):
+        with pytest.raises(OctopusXError, match="has no API key: fill in its 'API key' field"):
             ApiEndpoint.from_connection(connection(password=""))
 
     def test_port_is_applied_to_ipv6_hosts_too(self) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from airflow_octopusx.exceptions import OctopusXError
-from airflow_octopusx.hooks.octopusx import ApiEndpoint
+from airflow_octopusx.hooks.connection import ApiEndpoint
 from airflow_octopusx.hooks.shared_clients import Opened, QueueingAsyncClient, SharedAsyncClients
 
 

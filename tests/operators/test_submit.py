@@ -102,10 +102,25 @@ class TestExecute:
     ) -> None:
         octopusx_conn.configure(generation_seconds=0.2)
         octopusx_conn.fail_next(code="content_policy_violation", message="Prompt refused")
-        with pytest.raises(VideoFailedError) as caught:
+        with pytest.raises(AirflowFailException) as caught:  # no Airflow retry: it would pay again
             operator(deferrable=False, poll_interval=0.05).execute(context)
-        assert caught.value.video_id == context["ti"].xcom["video_id"]
+        failed = caught.value.__cause__
+        assert isinstance(failed, VideoFailedError)
+        assert failed.video_id == context["ti"].xcom["video_id"]
         assert "Prompt refused (code=content_policy_violation)" in str(caught.value)
+        assert "resubmit_failed=True" in str(caught.value)
+
+    @pytest.mark.parametrize(
+        ("code", "resubmit_failed"), [("internal_error", False), ("content_policy_violation", True)]
+    )
+    def test_a_failure_that_may_pass_is_left_to_airflow_retries(
+        self, octopusx_conn: Simulator, context: dict[str, Any], code: str, resubmit_failed: bool
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0.2)
+        octopusx_conn.fail_next(code=code, message="It broke")
+        submit = operator(deferrable=False, poll_interval=0.05, resubmit_failed=resubmit_failed)
+        with pytest.raises(VideoFailedError, match=f"code={code}"):
+            submit.execute(context)
 
     def test_a_timeout_says_the_video_may_still_finish(
         self, octopusx_conn: Simulator, context: dict[str, Any]
@@ -152,7 +167,7 @@ class TestExecute:
         assert context["ti"].xcom["video_url"].startswith(f"{octopusx_conn.cdn_url}/videos/{video_id}.mp4?")
 
     def test_execute_complete_raises_for_a_failed_video(self, context: dict[str, Any]) -> None:
-        with pytest.raises(VideoFailedError, match="Video video_1 failed: nope"):
+        with pytest.raises(AirflowFailException, match="Video video_1 failed: nope"):
             operator().execute_complete(
                 context, {"status": "failed", "video_id": "video_1", "message": "nope"}
             )
@@ -185,8 +200,9 @@ class TestResumeOnRetry:
     ) -> None:
         octopusx_conn.configure(generation_seconds=0.2)
         octopusx_conn.fail_next()
-        with pytest.raises(VideoFailedError):
+        with pytest.raises(AirflowFailException):
             operator(deferrable=False, poll_interval=0.05).execute(context)
+        # Run again (a user cleared it): the failed video is not resumed but made anew.
         second = operator(deferrable=False, poll_interval=0.05).execute(
             {**context, "ti": RecordingTaskInstance()}
         )
