@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,57 @@ class TestOperator:
             SubmitVideoOperator(
                 task_id="clip", prompt="waves", extra_body={"video_url": str(tmp_path / "v.mp4")}
             )
+
+
+class TestWhatMayBeRead:
+    def test_a_named_pipe_is_refused_at_once_instead_of_hanging(self, tmp_path: Path) -> None:
+        pipe = tmp_path / "frame.png"
+        os.mkfifo(pipe)
+        with pytest.raises(InvalidVideoRequest, match="not a regular file"):
+            read_as_data_uri("first_image_url", str(pipe), conn_id=None, video=False)
+
+    @pytest.mark.parametrize(
+        "data",
+        [
+            b"GIF89a this is a text file, not a picture\n",
+            PNG[:-12],  # cut before IEND
+            PNG[:20] + b"\x00" * 13 + PNG[33:],  # IHDR's CRC broken
+            b"\xff\xd8\xff\xe0 and then nothing",
+            b"RIFF\xff\xff\x00\x00WEBPVP8 short",
+        ],
+    )
+    def test_bytes_that_only_start_like_an_image_are_refused(self, tmp_path: Path, data: bytes) -> None:
+        path = tmp_path / "frame.png"
+        path.write_bytes(data)
+        with pytest.raises(InvalidVideoRequest, match="is not a PNG, JPEG, GIF or WebP image"):
+            read_as_data_uri("images[0]", str(path), conn_id=None, video=False)
+
+    def test_a_deployment_can_keep_local_reads_inside_chosen_folders(
+        self, frame: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        allowed = tmp_path / "allowed"
+        allowed.mkdir()
+        monkeypatch.setenv("AIRFLOW__OCTOPUSX__ALLOWED_INPUT_FOLDERS", f"/nowhere, {allowed}")
+        with pytest.raises(InvalidVideoRequest, match="outside the folders this deployment allows"):
+            read_as_data_uri("first_image_url", str(frame), conn_id=None, video=False)
+        # A link inside the folder to a file outside is judged by where it leads.
+        (allowed / "link.png").symlink_to(frame)
+        with pytest.raises(InvalidVideoRequest, match="outside the folders"):
+            read_as_data_uri("first_image_url", str(allowed / "link.png"), conn_id=None, video=False)
+        (allowed / "inside.png").write_bytes(PNG)
+        assert read_as_data_uri("first_image_url", str(allowed / "inside.png"), conn_id=None, video=False)
+
+    def test_a_storage_uri_that_cannot_be_read_is_an_invalid_argument_naming_the_field(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # No credentials anywhere, and botocore must not go looking for them on the network.
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: traffic stays here
+        with pytest.raises(
+            InvalidVideoRequest, match=r"^images\[1\]: could not be read from .*input_conn_id"
+        ):
+            read_as_data_uri("images[1]", "s3://no-such-bucket-octopusx/1.png", conn_id=None, video=False)

@@ -5,6 +5,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from airflow_octopusx.exceptions import InvalidResponseError, InvalidVideoRequest, VideoFailedError
 from airflow_octopusx.models import UNRENDERED, VideoRequest, VideoTask, check_video_id
@@ -246,3 +248,70 @@ def test_valid_video_ids(video_id: str) -> None:
 def test_video_ids_that_cannot_come_from_the_api_are_refused(video_id: Any) -> None:
     with pytest.raises(InvalidVideoRequest, match="video_id"):
         check_video_id(video_id)
+
+
+# -- properties: whatever a DAG author or a rendered template passes, whatever the API answers ----------
+
+_anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+_images = st.sampled_from([PNG_URI, "https://example.com/a.png", "data:image/png;base64,!!", "ftp://x/a.png"])
+_request_fields = st.fixed_dictionaries(
+    {"prompt": st.sampled_from(["waves", "", "  "]) | _anything},
+    optional={
+        "model": st.sampled_from(["omni-fast", "omni-fast-v2v", ""]) | _anything,
+        "seconds": st.integers(0, 40) | st.integers(0, 40).map(str) | _anything,
+        "aspect_ratio": st.sampled_from(["16:9", "9:16", "4:3"]) | _anything,
+        "resolution": st.sampled_from(["720p", "1080p", "2k", "4k", "8k"]) | _anything,
+        "first_image_url": _images | _anything,
+        "last_image_url": _images | _anything,
+        "images": st.lists(_images, max_size=7) | _anything,
+        "extra_body": st.dictionaries(
+            st.sampled_from(["style", "video", "video_url", "prompt", "negative_prompt"]),
+            st.sampled_from(["https://x.test/v.mp4", "cinematic"]) | _anything,
+            max_size=3,
+        )
+        | _anything,
+    },
+)
+_FIELDS = ("prompt", "model", "seconds", "aspect_ratio", "resolution", "first_image_url", "last_image_url")
+
+
+@given(fields=_request_fields)
+def test_a_request_is_either_valid_per_the_api_doc_or_refused_naming_its_field(
+    fields: dict[str, Any],
+) -> None:
+    try:
+        body = VideoRequest.build(**fields).to_json()
+    except InvalidVideoRequest as error:
+        refused = error
+    else:
+        refused = None
+    if refused is not None:
+        assert refused.field.split(".")[0].split("[")[0] in (*_FIELDS, "images", "extra_body")
+        assert str(refused).startswith(refused.field)
+        return
+    assert body["prompt"].strip()
+    assert body["model"].strip()
+    assert body.get("seconds") is None or 4 <= int(body["seconds"]) <= 30
+    assert body.get("aspect_ratio") in (None, "16:9", "9:16")
+    assert body.get("resolution") in (None, "720p", "1080p", "2k", "4k")
+    assert "last_image_url" not in body or "first_image_url" in body
+    images = body.get("images", []) + [body.get(name) for name in ("first_image_url", "last_image_url")]
+    for image in filter(None, images):
+        assert image.startswith(("https://", "http://", "data:image/"))
+    assert len(body.get("images", [])) <= 5
+    if body["model"] == "omni-fast":
+        assert not {"video", "video_url", "input_video"} & set(body)
+
+
+@given(payload=_anything | st.dictionaries(st.sampled_from(["id", "status", "progress", "error"]), _anything))
+def test_any_json_is_a_video_or_an_invalid_answer(payload: Any) -> None:
+    try:
+        video = VideoTask.from_api(payload)
+    except InvalidResponseError:
+        return
+    assert 0 <= video.progress <= 100
+    assert check_video_id(video.id) == video.id

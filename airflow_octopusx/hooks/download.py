@@ -10,10 +10,7 @@ from typing import IO
 
 import httpx
 
-from airflow_octopusx.exceptions import VideoDownloadError
-
-_MP4_SIGNATURE_AT = slice(4, 8)
-
+from airflow_octopusx.exceptions import TransportError, VideoDownloadError
 
 # Chunks (about 64 KiB each as received) waiting for the writer thread: memory stays flat at ~1 MiB.
 _WRITE_QUEUE_CHUNKS = 16
@@ -85,7 +82,7 @@ class Mp4Sink:
         self.max_bytes = max_bytes
         self.deadline = deadline
         self.written = 0
-        self._head = b""
+        self._boxes = Mp4Boxes()
         self._writer = BackgroundWriter(file)
 
     def __enter__(self) -> Mp4Sink:
@@ -113,10 +110,9 @@ class Mp4Sink:
 
     def write(self, chunk: bytes) -> None:
         self.check_deadline()
-        if len(self._head) < 8:
-            self._head += chunk[: 8 - len(self._head)]
-            if len(self._head) == 8 and self._head[_MP4_SIGNATURE_AT] != b"ftyp":
-                raise VideoDownloadError(self.video_id, "the body is not an MP4 (no 'ftyp' box at the start)")
+        problem = self._boxes.feed(chunk)
+        if problem is not None:
+            raise VideoDownloadError(self.video_id, f"the body is not an MP4 ({problem})")
         self.check_size(self.written + len(chunk))
         self._writer.write(chunk)
         self.written += len(chunk)
@@ -133,16 +129,68 @@ class Mp4Sink:
                 self.video_id, f"the server cannot resume and the destination cannot start over: {error}"
             ) from error
         self.written = 0
-        self._head = b""
+        self._boxes = Mp4Boxes()
 
     def finish(self) -> int:
-        """The size stored, once every byte is in the file."""
+        """The size stored, once every byte is in the file and the MP4 is whole.
+
+        A body that stopped early without a ``Content-Length`` to say so looks complete to HTTP; the MP4's
+        own box sizes tell, and a cut one is resumed like any broken transfer.
+        """
         self._writer.wait()
-        if self.written < 8:
-            raise VideoDownloadError(
-                self.video_id, f"the body is only {self.written} bytes, too short for an MP4"
+        problem = self._boxes.cut_short()
+        if problem is not None:
+            raise TransportError(
+                f"download of video {self.video_id} stopped early: {problem}", request_sent=True
             )
         return self.written
+
+
+class Mp4Boxes:
+    """Follows the top-level boxes of an MP4 as its bytes stream past, without keeping them.
+
+    An MP4 is a row of boxes, each starting with its size and type: the first must be ``ftyp``, and a
+    whole file ends where its last box ends and holds a ``moov`` (the index) and an ``mdat`` (the media).
+    """
+
+    def __init__(self) -> None:
+        self._offset = 0  # bytes seen
+        self._next = 0  # where the next box starts
+        self._header = b""  # the next box's header, as far as it has arrived
+        self._open_ended = False  # a box of size 0 runs to the end of the file
+        self._types: set[bytes] = set()
+
+    def feed(self, chunk: bytes) -> str | None:
+        """Take the next bytes; a reason if they cannot be an MP4."""
+        end = self._offset + len(chunk)
+        while not self._open_ended and self._next + len(self._header) < end:
+            at = self._next + len(self._header) - self._offset
+            self._header += chunk[at : at + 16 - len(self._header)]
+            if len(self._header) < 8:
+                break
+            size, kind, header_size = int.from_bytes(self._header[:4], "big"), self._header[4:8], 8
+            if not self._types and kind != b"ftyp":
+                return "no 'ftyp' box at the start"
+            if size == 1:  # a 64-bit size follows the type
+                if len(self._header) < 16:
+                    break
+                size, header_size = int.from_bytes(self._header[8:16], "big"), 16
+            self._types.add(kind)
+            if size == 0:
+                self._open_ended = True
+            elif size < header_size:
+                return f"a {kind!r} box of {size} bytes"
+            self._next += size
+            self._header = b""
+        self._offset = end
+        return None
+
+    def cut_short(self) -> str | None:
+        """Why the bytes so far are not a whole MP4; None if they are."""
+        if not self._open_ended and (self._header or self._next != self._offset):
+            return f"it ends at byte {self._offset}, inside an MP4 box"
+        missing = [kind.decode() for kind in (b"moov", b"mdat") if kind not in self._types]
+        return f"it has no {' or '.join(missing)} box" if missing else None
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d{1,20})-(\d{1,20})/(\d{1,20}|\*)", re.IGNORECASE)

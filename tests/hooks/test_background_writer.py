@@ -10,9 +10,11 @@ import httpx
 import pytest
 
 from airflow_octopusx.hooks.download import _WRITE_QUEUE_CHUNKS, BackgroundWriter
+from airflow_octopusx.simulator.media import sample_mp4
 from tests.hooks.test_hook_unit import COMPLETED, Recorder, make_hook
 
-MP4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 65_536
+# Padded with zeros: a last box of size 0 runs to the end of the file.
+MP4 = sample_mp4() + b"\x00" * 65_536
 
 
 class HeldFile(io.BytesIO):

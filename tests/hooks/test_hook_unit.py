@@ -33,6 +33,7 @@ from airflow_octopusx.hooks.connection import ApiEndpoint
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy, parse_retry_after
 from airflow_octopusx.models import VideoRequest
+from airflow_octopusx.simulator.media import sample_mp4
 
 API = "https://api.octopusx.test"
 KEY = "sk-unit-test-key"
@@ -204,7 +205,7 @@ def test_submit_sends_bearer_json_to_the_api() -> None:
 
 
 def test_key_goes_only_to_the_api_origin() -> None:
-    recorder = Recorder(httpx.Response(200, content=b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16))
+    recorder = Recorder(httpx.Response(200, content=sample_mp4()))
     hook = make_hook(recorder)
     for url in (
         "https://cdn.octopusx.test/v.mp4",
@@ -226,7 +227,7 @@ def test_a_malformed_answer_is_an_octopusx_error(answer: httpx.Response) -> None
 
 
 def test_a_video_url_that_is_not_http_is_skipped_for_the_content_proxy() -> None:
-    mp4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16
+    mp4 = sample_mp4()
     recorder = Recorder(
         httpx.Response(200, json={"id": "video_1", "status": "completed", "video_url": "file:///etc/passwd"}),
         httpx.Response(200, content=mp4),
@@ -243,22 +244,21 @@ def test_a_video_url_that_is_not_http_is_skipped_for_the_content_proxy() -> None
     ("body", "problem"),
     [
         (b"<html>not a video</html>", "not an MP4"),
-        (b"\x00\x00", "too short for an MP4"),
+        (b"\x00\x00", "inside an MP4 box"),
+        (sample_mp4()[:-100], "inside an MP4 box"),
+        (sample_mp4()[:32], "no moov or mdat box"),  # ends right after the ftyp box
     ],
 )
 def test_downloads_are_checked_for_the_mp4_signature(body: bytes, problem: str) -> None:
-    recorder = Recorder(
-        httpx.Response(
-            200, json={"id": "video_1", "status": "completed", "video_url": "https://cdn.test/v.mp4"}
-        ),
-        httpx.Response(200, content=body),
-    )
-    with pytest.raises(VideoDownloadError, match=problem):
+    status = {"id": "video_1", "status": "completed", "video_url": "https://cdn.test/v.mp4"}
+    # Each attempt looks the video up again, then gets the same body.
+    recorder = Recorder(*[httpx.Response(200, json=status), httpx.Response(200, content=body)] * 10)
+    with pytest.raises((VideoDownloadError, TransportError), match=problem):
         make_hook(recorder).download_video("video_1", io.BytesIO())
 
 
 def test_a_body_shorter_than_its_content_length_is_fetched_again() -> None:
-    mp4 = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16
+    mp4 = sample_mp4()
     short = httpx.Response(200, content=mp4, headers={"Content-Length": str(len(mp4) + 10)})
     recorder = Recorder(httpx.Response(200, json=COMPLETED), short, httpx.Response(200, json=COMPLETED), mp4)
     recorder.answers[-1] = lambda: httpx.Response(200, content=mp4)
@@ -278,7 +278,7 @@ class CutStream(httpx.SyncByteStream):
         raise httpx.ReadError("connection reset by peer")
 
 
-MP4 = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4
+MP4 = sample_mp4()
 COMPLETED = {"id": "video_1", "status": "completed", "video_url": "https://cdn.test/v.mp4"}
 
 

@@ -30,10 +30,11 @@ from airflow_octopusx.hooks.answers import MAX_ANSWER_BYTES, transport_error
 from airflow_octopusx.hooks.connection import ApiEndpoint
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoRequest
+from airflow_octopusx.simulator.media import sample_mp4
 from tests.conftest import HOSTILE_KEY, hostile_connection
 from tests.hostile import Answer, HostileServer, Request
 
-MP4 = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
+MP4 = sample_mp4()
 VIDEO = "/v1/videos/video_1"
 
 
