@@ -12,8 +12,9 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from _common import LoopLag
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from benchmarks.common.loop_lag import LoopLag
 
 
 class LoopLagTrigger(BaseTrigger):

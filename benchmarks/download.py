@@ -7,8 +7,8 @@ process whose peak RSS (``VmHWM``, reset just before the download) is read after
 cannot pollute it. Then the hook's ``chunk_size`` and the write path (plain file or fsspec) are swept,
 and with ``--s3`` the same operator writes to ``s3://`` on a local moto server.
 
-    .venv/bin/python benchmarks/download.py          # 1 GiB and 64 MiB, chunk sweep
-    .venv/bin/python benchmarks/download.py --s3     # also to s3:// (needs moto and the Amazon provider)
+    .venv/bin/python -m benchmarks.download          # 1 GiB and 64 MiB, chunk sweep
+    .venv/bin/python -m benchmarks.download --s3     # also to s3:// (needs moto and the Amazon provider)
 """
 
 from __future__ import annotations
@@ -32,24 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import (
-    SimulatorControl,
-    SimulatorProcess,
-    Window,
-    add_measurement_arguments,
-    load_average,
-    log_to,
-    median,
-    memory_kib,
-    minimal_context,
-    prepare_airflow_environment,
-    print_table,
-    product_fingerprint,
-    reset_peak_rss,
-    use_product_ref,
-    verdict,
-    wait_until_quiet,
-)
+
+from benchmarks.common.environment import add_measurement_arguments, log_to, prepare_airflow_environment
+from benchmarks.common.proc import Window, load_average, memory_kib, reset_peak_rss, wait_until_quiet
+from benchmarks.common.product import product_fingerprint, use_product_ref
+from benchmarks.common.simulator import SimulatorControl, SimulatorProcess
+from benchmarks.common.tables import median, print_table, verdict
+from tests.support.task_context import minimal_context
 
 MIB = 1024 * 1024
 GOAL_CURL_RATIO = 0.9

@@ -7,8 +7,8 @@ SQLite) as separate processes, exactly as ``tests/e2e`` does, and triggers ``oct
 It prints the run's wall time, the triggerer's peak memory and CPU seconds, the most videos deferred at
 once, and the POSTs per video (which must be 1).
 
-    .venv/bin/python benchmarks/e2e_scale.py                 # 200 videos
-    .venv/bin/python benchmarks/e2e_scale.py --videos 50 --parallelism 8
+    .venv/bin/python -m benchmarks.e2e_scale                 # 200 videos
+    .venv/bin/python -m benchmarks.e2e_scale --videos 50 --parallelism 8
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.e2e.deployment import (  # noqa: E402
+from tests.e2e.deployment import (
     Deployment,
     DeploymentSettings,
     SimulatorProcess,

@@ -5,7 +5,7 @@ A deferrable submit should cost about the two requests it makes (create the vide
 nothing more, and a DAG file that imports the operator is parsed again and again by the dag processor,
 so the import must stay light: no web server, codec or object-store backend may come with it.
 
-    .venv/bin/python benchmarks/submit.py
+    .venv/bin/python -m benchmarks.submit
 """
 
 from __future__ import annotations
@@ -25,21 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import (
-    VIDEO_REQUEST,
-    SimulatorProcess,
-    add_measurement_arguments,
-    load_average,
-    log_to,
-    median,
-    minimal_context,
-    prepare_airflow_environment,
-    print_table,
-    product_fingerprint,
-    ratio,
-    use_product_ref,
-    wait_until_quiet,
-)
+
+from benchmarks.common.environment import add_measurement_arguments, log_to, prepare_airflow_environment
+from benchmarks.common.proc import load_average, wait_until_quiet
+from benchmarks.common.product import product_fingerprint, use_product_ref
+from benchmarks.common.simulator import VIDEO_REQUEST, SimulatorProcess
+from benchmarks.common.tables import median, print_table, ratio
+from tests.support.task_context import minimal_context
 
 OPERATOR_MODULE = "airflow_octopusx.operators.octopusx"
 PRODUCT_FILES = ("operators/octopusx.py", "hooks/octopusx.py", "models.py")

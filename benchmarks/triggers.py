@@ -8,10 +8,10 @@ can wait for. The bare loop is the floor for the same HTTP work; the ratio is ou
 The simulator runs in its own process (its CPU is read from ``/proc/<pid>/stat``, apart from ours), and
 each measured side runs in a fresh child process, so one side's memory does not pollute the other's.
 
-    .venv/bin/python benchmarks/triggers.py                   # N=1000, 30 s videos, 2 s polls
-    .venv/bin/python benchmarks/triggers.py --airflow-runner  # also through Airflow's TriggerRunner
-    .venv/bin/python benchmarks/triggers.py --sweep           # capacity of one loop on this machine
-    .venv/bin/python benchmarks/triggers.py --sweep bare      # ... of the bare loop, for reference
+    .venv/bin/python -m benchmarks.triggers                   # N=1000, 30 s videos, 2 s polls
+    .venv/bin/python -m benchmarks.triggers --airflow-runner  # also through Airflow's TriggerRunner
+    .venv/bin/python -m benchmarks.triggers --sweep           # capacity of one loop on this machine
+    .venv/bin/python -m benchmarks.triggers --sweep bare      # ... of the bare loop, for reference
 """
 
 from __future__ import annotations
@@ -34,28 +34,25 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import (
-    ConnectionCounter,
-    LoopLag,
-    SimulatorControl,
-    SimulatorProcess,
-    Window,
+
+from benchmarks.common.environment import (
     add_measurement_arguments,
-    load_average,
     log_to,
-    median,
-    memory_kib,
-    percentile,
     prepare_airflow_environment,
-    print_table,
-    product_fingerprint,
     raise_open_file_limit,
-    ratio,
+)
+from benchmarks.common.loop_lag import LoopLag
+from benchmarks.common.proc import (
+    ConnectionCounter,
+    Window,
+    load_average,
+    memory_kib,
     reset_peak_rss,
-    use_product_ref,
-    verdict,
     wait_until_quiet,
 )
+from benchmarks.common.product import product_fingerprint, use_product_ref
+from benchmarks.common.simulator import SimulatorControl, SimulatorProcess
+from benchmarks.common.tables import median, percentile, print_table, ratio, verdict
 
 CONN_ID = "octopusx_default"
 TRIGGER_CLASSPATH = "airflow_octopusx.triggers.octopusx.VideoTaskTrigger"
@@ -249,11 +246,12 @@ def run_airflow_runner(setup: Setup) -> dict[str, Any]:
     """
     log_to(setup.log_file)
     import structlog
-    from _bare_trigger import BarePollTrigger
-    from _lag_trigger import LoopLagTrigger
     from airflow.executors.workloads.trigger import RunTrigger
     from airflow.jobs.triggerer_job_runner import TriggerRunnerSupervisor
     from airflow.models.trigger import Trigger
+
+    from benchmarks._bare_trigger import BarePollTrigger
+    from benchmarks._lag_trigger import LoopLagTrigger
 
     class Supervisor(TriggerRunnerSupervisor):
         """Job-less supervisor: workloads come from ``to_load``, events go to ``fired``."""

@@ -36,7 +36,7 @@ from airflow import __version__ as AIRFLOW_VERSION  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
 # One set of task-context stand-ins for tests and benchmarks alike.
-from benchmarks._common import MemoryTaskStateStore, RecordingTaskInstance  # noqa: E402
+from tests.support.task_context import MemoryTaskStateStore, RecordingTaskInstance  # noqa: E402
 
 AIRFLOW_3_3 = Version(AIRFLOW_VERSION) >= Version("3.3")
 

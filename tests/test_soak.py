@@ -1,6 +1,6 @@
 """A CI-sized soak: 40 videos through the real operators and trigger while the simulator faults 20 % of
-all requests (seeded), with Airflow-like task retries. The driver is ``benchmarks/soak.py``, which runs
-the same at 500 videos; the figures are printed at the end of the run.
+all requests (seeded), with Airflow-like task retries. The driver is ``tests/support/soak.py``, which
+``python -m benchmarks.soak`` runs at 500 videos; the figures are printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from dataclasses import replace
 import pytest
 
 from airflow_octopusx.simulator import Fault, Simulator
-from benchmarks.soak import (
+from tests.conftest import connection_uri
+from tests.support.soak import (
     SoakConfig,
     SoakReport,
     TaskFailed,
@@ -20,7 +21,6 @@ from benchmarks.soak import (
     hooks_time_out_after,
     run_soak,
 )
-from tests.conftest import connection_uri
 
 # Random faults are a pure function of seed, prompt and the request's ordinal, so a seed fixes which
 # faults each video meets; these two make every kind fire, an expired CDN link included.

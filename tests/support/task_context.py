@@ -1,0 +1,55 @@
+"""A task context for calling an operator's ``execute()`` directly, outside a task run.
+
+The tests and the benchmarks use these same stand-ins.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+
+class RecordingTaskInstance:
+    """Stands in for ``context["ti"]``: keeps what the operator pushes to XCom."""
+
+    def __init__(self) -> None:
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = value
+
+
+class MemoryTaskStateStore:
+    """Stands in for Airflow 3.3's ``context["task_state_store"]``, which outlives a task's tries."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+    def delete(self, key: str) -> None:
+        self.values.pop(key, None)
+
+
+class RecordingOutletEvent:
+    """Stands in for one entry of ``context["outlet_events"]``."""
+
+    def __init__(self) -> None:
+        self.extra: dict[str, Any] = {}
+        self.added: list[tuple[Any, dict[str, Any] | None]] = []
+
+    def add(self, asset: Any, extra: dict[str, Any] | None = None) -> None:
+        self.added.append((asset, extra))
+
+
+def minimal_context() -> dict[str, Any]:
+    """The least an operator's ``execute()`` reads when called outside a task run."""
+    return {
+        "ti": RecordingTaskInstance(),
+        "task_state_store": MemoryTaskStateStore(),
+        "outlet_events": collections.defaultdict(RecordingOutletEvent),
+    }
