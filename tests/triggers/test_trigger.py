@@ -16,7 +16,8 @@ from airflow_octopusx.hooks.shared_clients import SharedAsyncClients
 from airflow_octopusx.models import PROGRESS_LOG_STEP, VideoRequest
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
-from tests.conftest import connection_uri
+from tests.conftest import connection_uri, hostile_connection
+from tests.hostile import Answer, HostileServer
 
 REQUEST = VideoRequest.build(prompt="A lighthouse in a storm", seconds=6)
 
@@ -260,3 +261,25 @@ async def test_first_polls_are_spread_over_the_interval(
     # Uniform over one interval: 20 first polls all within half of it would happen once in ~25,000 runs.
     assert offsets[-1] - offsets[0] > 0.5
     assert offsets[-1] < 1.2
+
+
+async def test_a_poll_answered_by_a_proxy_page_is_tolerated_like_any_passing_fault(
+    hostile_server: HostileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostile_connection(hostile_server, monkeypatch)
+    page = Answer(200, (("Content-Type", "text/html"),), b"<html>502 from the proxy</html>")
+    done = Answer.json('{"id": "video_1", "status": "completed", "progress": "100%"}')
+    hostile_server.script("GET /v1/videos/video_1", page, page, done)
+    events = await events_of(trigger_for("video_1", poll_interval=0.01, max_poll_errors=3))
+    assert [event["status"] for event in events] == ["success"]
+    assert len(hostile_server.requests) == 3
+
+
+async def test_a_refused_key_ends_the_wait_at_once(
+    hostile_server: HostileServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hostile_connection(hostile_server, monkeypatch)
+    refused = Answer.json('{"error": {"message": "Invalid API key", "code": "invalid_api_key"}}', 401)
+    hostile_server.script("GET /v1/videos/video_1", refused)
+    events = await events_of(trigger_for("video_1", poll_interval=0.01, max_poll_errors=3))
+    assert [(event["status"], event["code"]) for event in events] == [("error", "invalid_api_key")]
