@@ -135,11 +135,9 @@ def build(uv: Path, dist: Path) -> tuple[Path, Path]:
     [sdist] = dist.glob("*.tar.gz")
     [wheel] = dist.glob("*.whl")
     step(f"{TWINE.split('>')[0]} check --strict {sdist.name} {wheel.name}")
-    print(
-        run(
-            [uv, "tool", "run", "--from", TWINE, "twine", "--no-color", "check", "--strict", sdist, wheel]
-        ).stdout.strip()
-    )
+    twine = [uv, "tool", "run", "--from", TWINE, "twine", "--no-color", "check", "--strict", sdist, wheel]
+    # Wide enough that twine prints one line per file.
+    print(run(twine, env={**os.environ, "COLUMNS": "300"}).stdout.strip())
     return sdist, wheel
 
 
