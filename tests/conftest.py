@@ -28,12 +28,15 @@ os.environ.pop("AIRFLOW_CONN_OCTOPUSX_DEFAULT", None)
 import json  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
 from airflow import __version__ as AIRFLOW_VERSION  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from packaging.version import Version  # noqa: E402
+
+from tests.hostile import HostileServer  # noqa: E402
 
 # One set of task-context stand-ins for tests and benchmarks alike.
 from tests.support.task_context import MemoryTaskStateStore, RecordingTaskInstance  # noqa: E402
@@ -120,3 +123,43 @@ def load_dags(folder: Path) -> Any:
     except ImportError:  # Airflow 3.1
         from airflow.models.dagbag import DagBag
     return DagBag(dag_folder=str(folder))
+
+
+# Property tests: the same examples on every run and every machine, a bounded number of them, and no
+# per-example time limit (a loaded CI machine is slow, not wrong).
+settings.register_profile(
+    "octopusx",
+    derandomize=True,
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile("octopusx")
+
+
+@pytest.fixture(scope="session")
+def hostile_server_session() -> Iterator[HostileServer]:
+    with HostileServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hostile_server(hostile_server_session: HostileServer) -> HostileServer:
+    """A scripted server for answers the simulator never gives; fresh scripts for each test."""
+    hostile_server_session.reset()
+    return hostile_server_session
+
+
+HOSTILE_KEY = "sk-hostile-test-key"
+
+
+def hostile_connection(server: HostileServer, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> None:
+    """Point ``octopusx_default`` at ``server``, with one attempt per request unless ``extra`` says."""
+    fields = {
+        "conn_type": "octopusx",
+        "host": server.url,
+        "password": extra.pop("password", HOSTILE_KEY),
+        "extra": {"max_attempts": 1, "timeout": 10, **extra},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", json.dumps(fields))

@@ -353,7 +353,7 @@ def check_export(argv: list[str]) -> None:
 def check_connection_json(value: str) -> None:
     from airflow.models.connection import Connection
 
-    from airflow_octopusx.hooks.octopusx import ApiEndpoint
+    from airflow_octopusx.hooks.connection import ApiEndpoint
 
     fields = json.loads(value)
     assert fields.get("conn_type") == "octopusx", f"not an octopusx connection: {value}"
