@@ -371,11 +371,7 @@ class VideoTask:
 
     @property
     def milestone(self) -> tuple[str, int]:
-        """What progress logs report: the status, and how many ``PROGRESS_LOG_STEP``s are done.
-
-        A line per poll would be noise, and in the triggerer each line is sent to and rendered by its
-        supervisor process: 0.21 ms per poll, a fifth of the poll itself (benchmarks/triggers.py).
-        """
+        """What progress logs report: the status, and how many ``PROGRESS_LOG_STEP``s are done."""
         return self.status, int(self.progress // PROGRESS_LOG_STEP)
 
     @property

@@ -20,9 +20,9 @@ class BackgroundWriter:
     """Writes to ``file`` from its own thread, so receiving the next chunk overlaps writing the last.
 
     Receiving (parsing HTTP in Python) and writing (the kernel copying into the page cache, or a part
-    upload) each keep a core busy; ``file.write`` releases the GIL, so here they run at once. Measured
-    against curl (benchmarks/download.py): a 64 MiB video at 1.01x instead of 0.81x, 1 GiB at 1.03x
-    instead of 0.98x. A write error is raised on the next ``write``, ``wait`` or ``close``.
+    upload) each keep a core busy; ``file.write`` releases the GIL, so here they run at once (what that
+    gains is measured in docs/performance.md). A write error is raised on the next ``write``, ``wait``
+    or ``close``.
     """
 
     def __init__(self, file: IO[bytes]) -> None:

@@ -37,6 +37,7 @@ from airflow_octopusx.hooks.connection import Address, ApiEndpoint, ApiOnlyBeare
 from airflow_octopusx.hooks.download import Mp4Sink, announced_total, resumed_from
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.hooks.shared_clients import QueueingAsyncClient, SharedAsyncClients
+from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, VideoWatch
 from airflow_octopusx.models import VideoRequest, VideoTask
 
 # None passes chunks on as the socket delivers them (the measurements are in docs/performance.md).
@@ -304,20 +305,33 @@ class OctopusXHook(BaseHook):
         self.log.info("Connection %r changed since its key was refused; asking again", self.octopusx_conn_id)
         return True
 
-    def wait_for_video(self, video_id: str, *, poll_interval: float, deadline: float) -> VideoTask:
-        """Poll from the worker until completed; raise if it failed or the ``deadline`` (epoch) passed."""
-        logged: tuple[str, int] | None = None
+    def wait_for_video(
+        self,
+        video_id: str,
+        *,
+        poll_interval: float,
+        deadline: float,
+        max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
+    ) -> VideoTask:
+        """Poll from the worker until completed; raise if it failed or the ``deadline`` (epoch) passed.
+
+        Waits as ``VideoTaskTrigger`` does in the triggerer: the same progress lines, and the same
+        tolerance of ``max_poll_errors`` failed polls in a row.
+        """
+        watch = VideoWatch(video_id, self.log, self.retry_policy, max_poll_errors)
         while True:
-            video = self.get_video(video_id)
-            if video.milestone != logged:
-                self.log.info("Video %s: %s, %g%%", video_id, video.status, video.progress)
-                logged = video.milestone
-            video.raise_if_failed()
-            if video.is_completed:
-                return video
+            try:
+                video = self.get_video(video_id)
+            except OctopusXError as error:
+                watch.poll_failed(error)
+            else:
+                watch.saw(video)
+                video.raise_if_failed()
+                if video.is_completed:
+                    return video
             remaining = deadline - time.time()
             if remaining <= 0:
-                raise VideoTimeoutError(video_id, deadline, video.progress)
+                raise VideoTimeoutError(video_id, deadline, watch.last.progress if watch.last else None)
             time.sleep(min(poll_interval, remaining))
 
     def download_video(

@@ -20,7 +20,7 @@ class QueueingAsyncClient(httpx.AsyncClient):
 
     httpcore rescans every queued request each time one is queued or a connection frees up. With a
     thousand triggers behind a few connections, a busy loop lets that queue grow and each poll gets
-    dearer: one loop collapsed at 1,500 videos polled every 2 s (benchmarks/triggers.py). Waiting here
+    dearer, until a loop of many waiting videos collapses (docs/performance.md). Waiting here
     instead costs the same per poll however long the queue is. The wait has no timeout of its own:
     each request ahead holds its place for no longer than its own timeouts allow.
     """

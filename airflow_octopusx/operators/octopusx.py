@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import re
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -23,7 +19,6 @@ from airflow.providers.common.compat.sdk import (
     conf,
     get_hook_lineage_collector,
 )
-from fsspec.implementations.local import LocalFileSystem
 
 from airflow_octopusx.exceptions import (
     AmbiguousSubmissionError,
@@ -34,7 +29,6 @@ from airflow_octopusx.exceptions import (
 )
 from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
 from airflow_octopusx.hooks.retry import is_transient_failure
-from airflow_octopusx.inputs import is_file_reference, read_as_data_uri
 from airflow_octopusx.models import (
     DEFAULT_MODEL,
     REFERENCE_VIDEO_FIELDS,
@@ -43,6 +37,8 @@ from airflow_octopusx.models import (
     VideoTask,
     check_video_id,
 )
+from airflow_octopusx.storage.input_files import is_file_reference, read_as_data_uri
+from airflow_octopusx.storage.video_destination import VideoDestination, plain_uri
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
 
 if TYPE_CHECKING:
@@ -84,15 +80,6 @@ DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
 SUBMISSION_STATE_KEY = "octopusx_submission"
-#: Object stores whose uploads become visible only when committed, so a download can be written to its
-#: final key (s3fs, gcsfs). Not adlfs: it deletes an existing blob as soon as its upload begins.
-_COMMITTED_UPLOAD_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs"})
-#: Of those, the ones whose "xb" mode commits only while the key is still free (s3fs sends S3's
-#: ``If-None-Match: *``), so without ``overwrite`` an object that appeared meanwhile is not replaced.
-_EXCLUSIVE_CREATE_PROTOCOLS = frozenset({"s3", "s3a"})
-#: The part size of those uploads, S3's minimum. s3fs holds 3-4 parts in memory at peak: storing a 256 MiB
-#: video grew the worker's RSS by 154 MiB with its 50 MiB default, by 19 MiB with 5 MiB (31 MiB with 8).
-UPLOAD_PART_SIZE = 5 * 1024 * 1024
 
 
 class OctopusXVideoLink(BaseOperatorLink):
@@ -405,7 +392,8 @@ class DownloadVideoOperator(BaseOperator):
     ) -> None:
         # Empty as well as absent: .partial() passes outlets=[] when none are given.
         if not kwargs.get("outlets") and asset_alias is not None:
-            kwargs["outlets"] = [_declared_asset(destination) or AssetAlias(asset_alias)]
+            declared = VideoDestination(destination).declared_asset()
+            kwargs["outlets"] = [declared or AssetAlias(asset_alias)]
         super().__init__(**kwargs)
         self.video_id = video_id
         self.destination = destination
@@ -420,20 +408,17 @@ class DownloadVideoOperator(BaseOperator):
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:
             raise AirflowFailException(str(error)) from error
-        target = self._target()
-        if not self.overwrite and target.exists():
-            raise AirflowFailException(
-                f"{_plain_uri(target)} already exists; pass overwrite=True to replace it"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
+        destination = VideoDestination(
+            self.destination, conn_id=self.destination_conn_id, overwrite=self.overwrite
+        )
+        target = destination.path_for(self.video_id)
         started = time.monotonic()
-        with OctopusXHook(self.octopusx_conn_id) as hook:
-            if target.protocol in _COMMITTED_UPLOAD_PROTOCOLS:
-                downloaded = self._upload(hook, target)
-            else:
-                downloaded = self._download_beside(hook, target)
+        with OctopusXHook(self.octopusx_conn_id) as hook, destination.open(target) as file:
+            downloaded = hook.download_video(
+                self.video_id, file, max_bytes=self.max_bytes, timeout=self.timeout
+            )
         elapsed = max(time.monotonic() - started, 1e-6)
-        uri = _plain_uri(target)
+        uri = plain_uri(target)
         get_hook_lineage_collector().add_output_asset(context=target, uri=uri)
         self.log.info(
             "Stored video %s at %s (%d bytes, %.1f MB/s)",
@@ -462,106 +447,3 @@ class DownloadVideoOperator(BaseOperator):
                 context["outlet_events"][outlet].add(Asset(uri), extra=extra)
             elif isinstance(outlet, Asset) and outlet.uri == uri:
                 context["outlet_events"][outlet].extra.update(extra)
-
-    # Both write paths open the fsspec file itself, not ObjectStoragePath.open()'s wrapper, which records
-    # hook lineage on every write call (16,000 per GiB), of a temporary name on most stores; execute()
-    # records the stored video's lineage once instead.
-
-    def _upload(self, hook: OctopusXHook, target: ObjectStoragePath) -> DownloadedVideo:
-        """Stream to the destination key itself: no temporary object, so no server-side copy afterwards.
-
-        Closing the file commits the upload, so on any failure it is discarded instead: nothing of this
-        download is stored, and an object already at the key is left as it was.
-        """
-        exclusive = not self.overwrite and target.protocol in _EXCLUSIVE_CREATE_PROTOCOLS
-        file = target.fs.open(target.path, "xb" if exclusive else "wb", block_size=UPLOAD_PART_SIZE)
-        try:
-            downloaded = hook.download_video(
-                self.video_id, file, max_bytes=self.max_bytes, timeout=self.timeout
-            )
-            file.close()
-        except BaseException as error:
-            # fsspec's flag (gcsfs's discard sets it too): close() and __del__ now commit nothing.
-            file.closed = True
-            file.discard()  # aborts an upload in progress; a smaller video was only ever in memory
-            if exclusive and isinstance(error, FileExistsError):
-                raise _appeared_meanwhile(target) from None
-            raise
-        return downloaded
-
-    def _download_beside(self, hook: OctopusXHook, target: ObjectStoragePath) -> DownloadedVideo:
-        """Stream to a temporary file beside the destination, where writes are visible as they happen."""
-        partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
-        try:
-            with partial.fs.open(partial.path, "wb") as file:
-                downloaded = hook.download_video(
-                    self.video_id, file, max_bytes=self.max_bytes, timeout=self.timeout
-                )
-            self._publish(partial, target)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        return downloaded
-
-    def _publish(self, partial: ObjectStoragePath, target: ObjectStoragePath) -> None:
-        """Move the checked file into place: a rename on one store, so only a whole file is ever visible.
-
-        On local disk without ``overwrite`` a hard link is used, which refuses to replace a file that
-        appeared at the destination while the video downloaded.
-        """
-        if self.overwrite or not isinstance(partial.fs, LocalFileSystem):
-            partial.fs.mv(partial.path, target.path)
-            return
-        try:
-            os.link(partial.path, target.path)
-        except FileExistsError:
-            raise _appeared_meanwhile(target) from None
-        partial.unlink()
-
-    def _target(self) -> ObjectStoragePath:
-        destination = self.destination
-        # An ObjectStoragePath has lost any trailing slash, so without an .mp4 name it counts as a folder.
-        folder = (
-            destination.endswith("/")
-            if isinstance(destination, str)
-            else destination.suffix.lower() != ".mp4"
-        )
-        if isinstance(destination, str):
-            if "://" not in destination:
-                # Not Path.as_uri(): ObjectStoragePath keeps percent-escapes literally.
-                destination = f"file://{Path(destination).absolute()}"
-            destination = ObjectStoragePath(destination, conn_id=self.destination_conn_id)
-        if folder or destination.is_dir():
-            return destination / f"{_file_name(self.video_id)}.mp4"
-        return destination
-
-
-def _declared_asset(destination: str | ObjectStoragePath) -> Asset | None:
-    """The asset a fixed ``.mp4`` destination will be; None when only the run can tell.
-
-    Decided from the text alone: parsing a DAG must not load a storage backend. A relative path depends
-    on the worker's working directory, so it too is known only at run time.
-    """
-    if isinstance(destination, ObjectStoragePath):
-        return Asset(_plain_uri(destination)) if destination.suffix.lower() == ".mp4" else None
-    if "{{" in destination or "{%" in destination or not destination.lower().endswith(".mp4"):
-        return None
-    if "://" in destination:
-        return Asset(destination)
-    return Asset(f"file://{destination}") if Path(destination).is_absolute() else None
-
-
-def _appeared_meanwhile(target: ObjectStoragePath) -> AirflowFailException:
-    return AirflowFailException(
-        f"{_plain_uri(target)} already exists (it appeared during the download); "
-        "pass overwrite=True to replace"
-    )
-
-
-def _plain_uri(path: ObjectStoragePath) -> str:
-    """The path's URI without the connection id that ``str()`` puts in it (``s3://conn@bucket/...``)."""
-    return f"{path.protocol or 'file'}://{path.path}"
-
-
-def _file_name(video_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", video_id)

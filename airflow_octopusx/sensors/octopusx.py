@@ -15,8 +15,9 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_octopusx.exceptions import InvalidVideoRequest, VideoTimeoutError
+from airflow_octopusx.exceptions import InvalidVideoRequest, OctopusXError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.hooks.video_watch import VideoWatch
 from airflow_octopusx.models import check_video_id
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
 
@@ -76,9 +77,18 @@ class VideoTaskSensor(BaseSensorOperator):
             method_name="execute_complete",
         )
 
+    @cached_property
+    def _watch(self) -> VideoWatch:
+        # The same progress lines and the same patience with failed polls as the deferred wait.
+        return VideoWatch(self.video_id, self.log, self.hook.retry_policy)
+
     def poke(self, context: Context) -> PokeReturnValue:
-        video = self.hook.get_video(self.video_id)
-        self.log.info("Video %s: %s, %g%%", video.id, video.status, video.progress)
+        try:
+            video = self.hook.get_video(self.video_id)
+        except OctopusXError as error:
+            self._watch.poll_failed(error)
+            return PokeReturnValue(is_done=False)
+        self._watch.saw(video)
         video.raise_if_failed()
         return PokeReturnValue(is_done=video.is_completed, xcom_value=video.id)
 

@@ -12,6 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, VideoWatch
 from airflow_octopusx.models import VideoTask
 
 #: Every status a ``VideoTaskTrigger`` event can carry; ``video_id_from_event`` refuses anything else.
@@ -38,7 +39,7 @@ class VideoTaskTrigger(BaseTrigger):
         octopusx_conn_id: str,
         poll_interval: float,
         deadline: float,
-        max_poll_errors: int = 5,
+        max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
     ) -> None:
         super().__init__()
         self.video_id = video_id
@@ -60,17 +61,18 @@ class VideoTaskTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        watch: VideoWatch | None = None
         try:
             async with OctopusXHook(self.octopusx_conn_id) as hook:
-                event = await self._poll(hook)
+                watch = VideoWatch(self.video_id, self.log, hook.retry_policy, self.max_poll_errors)
+                event = await self._poll(hook, watch)
         except OctopusXError as error:
-            event = self._event("error", str(error), None, code=getattr(error, "code", None))
+            last = watch.last if watch else None
+            event = self._event("error", str(error), last, code=getattr(error, "code", None))
         yield TriggerEvent(event)
 
-    async def _poll(self, hook: OctopusXHook) -> dict[str, Any]:
+    async def _poll(self, hook: OctopusXHook, watch: VideoWatch) -> dict[str, Any]:
         """Poll until there is something to report, and return that one event's payload."""
-        last: VideoTask | None = None
-        poll_errors = 0
         # Triggers deferred together would poll in lock-step; the first poll lands anywhere in one
         # interval (the deferring task has just checked the video anyway), the rest drift apart.
         await asyncio.sleep(random.uniform(0, max(0.0, min(self.poll_interval, self.deadline - time.time()))))
@@ -78,18 +80,9 @@ class VideoTaskTrigger(BaseTrigger):
             try:
                 video = await hook.aget_video(self.video_id)
             except OctopusXError as error:
-                # The hook's retry policy decides what is worth polling again; a bad key will not heal.
-                if not hook.retry_policy.is_retryable(error, idempotent=True):
-                    raise
-                poll_errors += 1
-                self.log.warning("Poll %d of video %s failed: %s", poll_errors, self.video_id, error)
-                if poll_errors >= self.max_poll_errors:
-                    return self._event("error", f"gave up after {poll_errors} failed polls: {error}", last)
+                watch.poll_failed(error)
             else:
-                poll_errors = 0
-                if last is None or video.milestone != last.milestone:
-                    self.log.info("Video %s: %s, %g%%", self.video_id, video.status, video.progress)
-                last = video
+                watch.saw(video)
                 if video.is_completed:
                     return self._event("success", "completed", video)
                 if video.is_failed:
@@ -98,7 +91,7 @@ class VideoTaskTrigger(BaseTrigger):
                     return self._event("failed", message, video, code=reason.code if reason else None)
             remaining = self.deadline - time.time()
             if remaining <= 0:
-                return self._event("timeout", "deadline passed", last)
+                return self._event("timeout", "deadline passed", watch.last)
             await asyncio.sleep(min(self.poll_interval * random.uniform(0.9, 1.1), remaining))
 
     async def on_kill(self) -> None:

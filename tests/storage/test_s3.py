@@ -26,12 +26,12 @@ from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import (
     DEFAULT_ASSET_ALIAS,
-    UPLOAD_PART_SIZE,
     DownloadVideoOperator,
     SubmitVideoOperator,
 )
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.simulator.media import VideoBody, sample_mp4
+from airflow_octopusx.storage.video_destination import UPLOAD_PART_SIZE
 from tests.conftest import when_a_fault_fires
 from tests.storage.conftest import Bucket
 

@@ -11,10 +11,15 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, ObjectStoragePath
 
 from airflow_octopusx.exceptions import InvalidVideoRequest
-from airflow_octopusx.inputs import MAX_IMAGE_BYTES, is_file_reference, read_as_data_uri, sniff_media_type
 from airflow_octopusx.operators.octopusx import SubmitVideoOperator
 from airflow_octopusx.simulator import Simulator
 from airflow_octopusx.simulator.media import sample_mp4
+from airflow_octopusx.storage.input_files import (
+    MAX_IMAGE_BYTES,
+    is_file_reference,
+    read_as_data_uri,
+    sniff_media_type,
+)
 
 # The smallest valid PNG: one transparent pixel.
 PNG = base64.b64decode(
