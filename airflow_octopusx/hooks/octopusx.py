@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 from urllib.parse import quote
@@ -194,29 +194,19 @@ class OctopusXHook(BaseHook):
 
     def _exchange(self, method: str, path: str, **kwargs: Any) -> Answer:
         """One request to the API and its whole (capped) answer; any failure is one of our errors."""
-        what = f"{method} {path}"
-        try:
+        with _as_our_errors(f"{method} {path}"):
             request = self.client.build_request(method, path, **kwargs)
             with contextlib.closing(self._send(request)) as response:
                 return Answer.read(response)
-        except httpx.HTTPError as error:
-            raise transport_error(error, what) from error
-        except _LinkRefused as refused:
-            raise InvalidResponseError(f"{what} was redirected off the API: {refused}") from None
 
     async def _aexchange(self, client: httpx.AsyncClient, method: str, path: str) -> Answer:
         """Async ``_exchange``."""
-        what = f"{method} {path}"
-        try:
+        with _as_our_errors(f"{method} {path}"):
             response = await self._asend(client, client.build_request(method, path))
             try:
                 return await Answer.aread(response)
             finally:
                 await response.aclose()
-        except httpx.HTTPError as error:
-            raise transport_error(error, what) from error
-        except _LinkRefused as refused:
-            raise InvalidResponseError(f"{what} was redirected off the API: {refused}") from None
 
     # -- API calls ----------------------------------------------------------------------------------
 
@@ -495,19 +485,32 @@ def _redirect_of(
 
 def _resolve(url: httpx.URL) -> list[Address]:
     try:
-        found = socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
+        return _addresses(socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM))
     except (OSError, UnicodeError):
         return []  # the connection will fail on its own, and say why
-    return [address for *_, sockaddr in found if (address := ip_address(str(sockaddr[0])))]
 
 
 async def _aresolve(url: httpx.URL) -> list[Address]:
     try:
         loop = asyncio.get_running_loop()
-        found = await loop.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
+        return _addresses(await loop.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM))
     except (OSError, UnicodeError):
         return []
+
+
+def _addresses(found: list[tuple[Any, ...]]) -> list[Address]:
     return [address for *_, sockaddr in found if (address := ip_address(str(sockaddr[0])))]
+
+
+@contextlib.contextmanager
+def _as_our_errors(what: str) -> Iterator[None]:
+    """Turn httpx's errors and a refused redirect of one API request into ours (sync and async alike)."""
+    try:
+        yield
+    except httpx.HTTPError as error:
+        raise transport_error(error, what) from error
+    except _LinkRefused as refused:
+        raise InvalidResponseError(f"{what} was redirected off the API: {refused}") from None
 
 
 def _submission_error(error: OctopusXError) -> OctopusXError:
