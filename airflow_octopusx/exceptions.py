@@ -55,6 +55,12 @@ class APIError(OctopusXError):
 class AuthenticationError(APIError):
     """401/403: the API key is missing, wrong or lacks access."""
 
+    def name_connection(self, conn_id: str) -> None:
+        """Say where the key is fixed in Airflow: the API's own words speak of HTTP headers, not forms."""
+        advice = f"Check the 'API key' field of connection {conn_id!r} (Admin > Connections)"
+        if advice not in str(self):
+            self.args = (f"OctopusX refused the API key: {self.args[0]}. {advice}.",)
+
 
 class BadRequestError(APIError):
     """400/422: the API refused the request; sending it again will not help."""

@@ -44,8 +44,9 @@ class ApiEndpoint:
     allow_private_links: bool = False
 
     @classmethod
-    def from_connection(cls, conn: Any) -> ApiEndpoint:
-        name = f"Connection {conn.conn_id!r}"
+    def from_connection(cls, conn: Any, *, name: str | None = None) -> ApiEndpoint:
+        """Read and check a connection; messages call it ``name`` (default: its id)."""
+        name = name or f"Connection {conn.conn_id!r}"
         key = (conn.password or "").strip()
         if not key:
             raise OctopusXError(f"{name} has no API key: fill in its 'API key' field (the password)")

@@ -212,6 +212,10 @@ class OctopusXHook(BaseHook):
 
     def submit_video(self, request: VideoRequest) -> VideoTask:
         """Create a video. Retried only where the API provably did no work, so no video is paid twice."""
+        with self._naming_connection_on_refused_key():
+            return self._submit_video(request)
+
+    def _submit_video(self, request: VideoRequest) -> VideoTask:
         what = "POST /v1/videos"
         for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=False, what=what)):
             with attempt:
@@ -234,12 +238,13 @@ class OctopusXHook(BaseHook):
         A refused key is looked up again once, and the request repeated if the connection now has another
         key or URL: rotating the key does not fail a wait or a download that is running.
         """
-        try:
-            return self._get_video(video_id)
-        except AuthenticationError:
-            if not self._reconnect_with_fresh_connection():
-                raise
-            return self._get_video(video_id)
+        with self._naming_connection_on_refused_key():
+            try:
+                return self._get_video(video_id)
+            except AuthenticationError:
+                if not self._reconnect_with_fresh_connection():
+                    raise
+                return self._get_video(video_id)
 
     def _get_video(self, video_id: str) -> VideoTask:
         path = _video_path(video_id)
@@ -254,12 +259,13 @@ class OctopusXHook(BaseHook):
         A refused key is looked up again once, and the poll repeated if the connection now has another
         key or URL: rotating the key does not fail the waits already in the triggerer.
         """
-        try:
-            return await self._aget_video(video_id)
-        except AuthenticationError:
-            if not await self._reopen_with_fresh_connection():
-                raise
-            return await self._aget_video(video_id)
+        with self._naming_connection_on_refused_key():
+            try:
+                return await self._aget_video(video_id)
+            except AuthenticationError:
+                if not await self._reopen_with_fresh_connection():
+                    raise
+                return await self._aget_video(video_id)
 
     async def _aget_video(self, video_id: str) -> VideoTask:
         client = self._async_client
@@ -271,6 +277,14 @@ class OctopusXHook(BaseHook):
             with attempt:
                 return video_from(await self._aexchange(client, "GET", path), video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    @contextlib.contextmanager
+    def _naming_connection_on_refused_key(self) -> Iterator[None]:
+        try:
+            yield
+        except AuthenticationError as error:
+            error.name_connection(self.octopusx_conn_id)
+            raise
 
     def _reconnect_with_fresh_connection(self) -> bool:
         """Switch to a new client if the connection has changed since its key was refused."""
@@ -342,7 +356,7 @@ class OctopusXHook(BaseHook):
         whole download in seconds, however slowly the bytes arrive.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with Mp4Sink(video_id, file, max_bytes, deadline) as sink:
+        with self._naming_connection_on_refused_key(), Mp4Sink(video_id, file, max_bytes, deadline) as sink:
             return self._download_into(sink, chunk_size)
 
     def _download_into(self, sink: Mp4Sink, chunk_size: int | None) -> DownloadedVideo:
@@ -434,13 +448,21 @@ class OctopusXHook(BaseHook):
             raise TransportError(f"{what} ended at {sink.written} of {total} bytes", request_sent=True)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check URL and key by asking for a video id that cannot exist: a 404 proves both, for free."""
+        """Check URL and key by asking for a video id that cannot exist: a 404 proves both, for free.
+
+        The UI's Test button runs this under a throwaway connection id, so messages say "this connection".
+        """
         try:
+            self._endpoint = ApiEndpoint.from_connection(
+                self.get_connection(self.octopusx_conn_id), name="This connection"
+            )
             answer = self._exchange("GET", _video_path("octopusx-connection-test"))
             if answer.status_code == 404:
                 return True, f"Connected to {self.endpoint.base_url}; the API key was accepted."
             raise_for_status(answer)
             return True, f"Connected to {self.endpoint.base_url}."
+        except AuthenticationError as error:
+            return False, f"OctopusX refused the API key: {error}. Check the 'API key' field."
         except OctopusXError as error:
             return False, str(error)
 

@@ -15,7 +15,6 @@ from airflow.providers.common.compat.sdk import (
     BaseOperator,
     BaseOperatorLink,
     ObjectStoragePath,
-    XCom,
     conf,
     get_hook_lineage_collector,
 )
@@ -88,7 +87,9 @@ class OctopusXVideoLink(BaseOperatorLink):
     name = "OctopusX video"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        link = XCom.get_value(ti_key=ti_key, key=VIDEO_URL_XCOM_KEY)
+        # Airflow asks as each try ends, deferrals included, and stores the answer for the UI. The
+        # operator holds the link once the video is done; asking XCom before then logs an ERROR line.
+        link = getattr(operator, "video_link", "")
         return link if _is_web_link(link) else ""
 
 
@@ -170,6 +171,7 @@ class SubmitVideoOperator(BaseOperator):
         self.timeout = timeout
         self.resubmit_failed = resubmit_failed
         self._video_id: str | None = None
+        self.video_link = ""  # the finished MP4's link, for the task page (OctopusXVideoLink)
         try:
             VideoRequest.check_known(self._known_fields())
         except InvalidVideoRequest as error:
@@ -323,6 +325,7 @@ class SubmitVideoOperator(BaseOperator):
         host = urlsplit(link).hostname if link else "the API's /content download"
         self.log.info("Video %s completed; it can be fetched from %s", video.id, host)
         context["ti"].xcom_push(key=VIDEO_URL_XCOM_KEY, value=link)
+        self.video_link = link
         _forget_submission(context)
         return video.id
 

@@ -117,7 +117,7 @@ class VideosApi:
         # The supplied key is never echoed back, not even partially.
         return api_error(
             401,
-            "Invalid API key provided. Send it as 'Authorization: Bearer <API key>'.",
+            "Invalid API key provided.",
             code="invalid_api_key",
             error_type="authentication_error",
             headers={"WWW-Authenticate": "Bearer"},

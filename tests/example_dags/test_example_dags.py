@@ -4,6 +4,8 @@ playable MP4s; each video is submitted exactly once."""
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ EXPECTED: dict[str, tuple[int, set[str]]] = {
     "example_octopusx_mapped": (10, {f"submit_video[{i}]" for i in range(10)}),
     "example_octopusx_asset_producer": (1, {"submit_video"}),
 }
+STRUCTLOG_ERROR = re.compile(r"\[(error|critical)\s*\]")
 # DAGs that store no video themselves; each has a test of its own below.
 CONSUMERS = {"example_octopusx_asset_consumer"}
 
@@ -73,7 +76,12 @@ def decoded_frames(path: Path) -> int:
 @pytest.mark.usefixtures("airflow_db")
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED))
 def test_example_runs_defers_and_stores_playable_mp4s(
-    dag_id: str, dagbag: Any, octopusx_conn: Simulator, output_dir: Path, caplog: pytest.LogCaptureFixture
+    dag_id: str,
+    dagbag: Any,
+    octopusx_conn: Simulator,
+    output_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     # Long enough that every wait really defers, short of the examples' 5 s poll interval.
     octopusx_conn.configure(generation_seconds=2.5)
@@ -82,6 +90,12 @@ def test_example_runs_defers_and_stores_playable_mp4s(
     run = dagbag.get_dag(dag_id).test()
 
     assert run.state == "success"
+    # A successful run logs no ERROR line, Airflow's own included (a link looked up too early did):
+    # stdlib records, and what structlog prints straight to the process's output.
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    printed = "".join(capfd.readouterr())
+    errors += [line for line in printed.splitlines() if STRUCTLOG_ERROR.search(line)]
+    assert errors == []
     stored = sorted(output_dir.glob("*.mp4"))
     assert len(stored) == videos
     assert all(decoded_frames(path) > 0 for path in stored)

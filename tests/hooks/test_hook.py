@@ -101,6 +101,9 @@ class TestErrors:
         assert caught.value.code == "invalid_api_key"
         assert "sk-wrong-key" not in str(caught.value)
         assert octopusx_conn.stats.posts == 1
+        # What to fix, in the words of Airflow's connection form, not of HTTP headers.
+        assert "'API key' field of connection 'octopusx_default'" in str(caught.value)
+        assert "Bearer" not in str(caught.value)
 
     def test_api_validation_errors_surface_the_api_message_and_are_not_retried(
         self, hook: OctopusXHook, octopusx_conn: Simulator
@@ -157,6 +160,7 @@ class TestRotatedKey:
             hook.get_video(video.id)
         assert caught.value.status_code == 401
         assert octopusx_conn.stats.gets == gets + 1
+        assert str(caught.value).count("'API key' field of connection 'octopusx_default'") == 1
 
 
 class TestRetries:
@@ -373,6 +377,20 @@ class TestConnection:
         assert not ok
         assert "HTTP 401" in message
         assert "sk-wrong" not in message
+        assert "Check the 'API key' field" in message
+
+    def test_messages_do_not_name_the_throwaway_id_of_the_ui_test(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The Test button stores the form under a random connection id; naming it would only puzzle.
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_RANDOM_TEST_ID",
+            '{"conn_type": "octopusx", "host": "http://example.com", "password": "key"}',
+        )
+        ok, message = OctopusXHook("random_test_id").test_connection()
+        assert not ok
+        assert message.startswith("This connection: base URL 'http://example.com' must use https://")
+        assert "random_test_id" not in message
 
 
 class TestAsync:
