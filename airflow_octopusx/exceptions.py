@@ -115,12 +115,13 @@ class VideoTimeoutError(OctopusXError):
     def __init__(self, video_id: str, deadline: float, progress: float | None = None) -> None:
         self.video_id = video_id
         self.deadline = deadline
-        by = datetime.fromtimestamp(deadline, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        by = utc_text(deadline)
         at = "" if progress is None else f" (last progress {progress:g}%)"
         super().__init__(
             f"Video {video_id} did not finish by the deadline {by}{at}. It may still complete: wait for it "
             f"with VideoTaskSensor(video_id={video_id!r}) or fetch it with "
-            f"DownloadVideoOperator(video_id={video_id!r}) rather than submitting it again."
+            f"DownloadVideoOperator(video_id={video_id!r}) rather than submitting it again. On Airflow 3.3+, "
+            "running the SubmitVideoOperator task again (a retry, or clearing it) resumes this video."
         )
 
 
@@ -142,6 +143,14 @@ def excerpt(value: object, limit: int = 200) -> str:
     text = text[: limit + 1].strip()
     shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
     return shown if len(shown) <= limit else f"{shown[: limit - 3]}..."
+
+
+def utc_text(epoch: float) -> str:
+    """An epoch as a UTC time a reader can compare with the UI; an out-of-range one as "no deadline"."""
+    try:
+        return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return "no deadline"
 
 
 def _short_repr(value: object, limit: int = 80) -> str:

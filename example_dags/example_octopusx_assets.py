@@ -1,6 +1,7 @@
 """Asset-driven post-processing: every stored video is announced through the ``octopusx_videos`` asset
-alias with its metadata, and a second DAG, scheduled on that alias, writes a JSON sidecar next to each
-new MP4 (where a real pipeline would transcode, caption or publish it).
+alias as an event of its folder's asset, with the file's URI and the video's metadata, and a second
+DAG, scheduled on that alias, writes a JSON sidecar next to each new MP4 (where a real pipeline would
+transcode, caption or publish it).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def write_sidecars(events_by_asset: Mapping[Any, Iterable[Any]]) -> list[str]:
     written = []
     for events in events_by_asset.values():
         for event in events:
-            sidecar = ObjectStoragePath(event.asset.uri).with_suffix(".json")
+            sidecar = ObjectStoragePath(event.extra["uri"]).with_suffix(".json")
             sidecar.write_text(json.dumps(event.extra, indent=2, sort_keys=True))
             written.append(str(sidecar))
     return written

@@ -323,6 +323,7 @@ class OctopusXHook(BaseHook):
         tolerance of ``max_poll_errors`` failed polls in a row.
         """
         watch = VideoWatch(video_id, self.log, self.retry_policy, max_poll_errors)
+        watch.starts(poll_interval, deadline)
         while True:
             try:
                 video = self.get_video(video_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from airflow_octopusx.exceptions import OctopusXError
+from airflow_octopusx.exceptions import OctopusXError, utc_text
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoTask
 
@@ -42,6 +42,14 @@ class VideoWatch:
         self._policy = policy
         self._max_poll_errors = max_poll_errors
         self._poll_errors = 0
+
+    def starts(self, poll_interval: float, deadline: float) -> None:
+        self._log.info(
+            "Waiting for video %s: a status check every %g s, until %s",
+            self.video_id,
+            poll_interval,
+            utc_text(deadline),
+        )
 
     def saw(self, video: VideoTask) -> None:
         self._poll_errors = 0

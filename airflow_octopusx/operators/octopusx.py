@@ -25,6 +25,7 @@ from airflow_octopusx.exceptions import (
     InvalidVideoRequest,
     NotFoundError,
     VideoFailedError,
+    excerpt,
 )
 from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
 from airflow_octopusx.hooks.retry import is_transient_failure
@@ -79,6 +80,23 @@ DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
 SUBMISSION_STATE_KEY = "octopusx_submission"
+#: How the UI labels a mapped task unless the DAG gives its own ``map_index_template``: by its prompt.
+DEFAULT_MAP_INDEX_TEMPLATE = "{{ task.map_index_label }}"
+
+
+def _label_if_mapped(context: Context) -> None:
+    """Unless the DAG labels its mapped tasks, label them by prompt: Airflow renders this as the try ends.
+
+    Set in the context, not as an ``__init__`` default: a mapped task's context is made from the
+    ``.partial()`` arguments before the operator itself exists.
+    """
+    map_index = context["ti"].map_index
+    if map_index is not None and map_index >= 0 and context.get("map_index_template") is None:
+        context["map_index_template"] = DEFAULT_MAP_INDEX_TEMPLATE
+
+
+def _label(text: str) -> str:
+    return excerpt(" ".join(text.split()), 80)
 
 
 class OctopusXVideoLink(BaseOperatorLink):
@@ -181,6 +199,11 @@ class SubmitVideoOperator(BaseOperator):
     def hook(self) -> OctopusXHook:
         return OctopusXHook(self.octopusx_conn_id)
 
+    @property
+    def map_index_label(self) -> str:
+        """The prompt, on one line and cut short: what tells one mapped video from another."""
+        return _label(str(self.prompt))
+
     def _known_fields(self) -> dict[str, Any]:
         """The request as far as it is known at parse time; files count as unknown until read at run time."""
         fields = self._with_files_inlined(lambda field, value, video: UNRENDERED)
@@ -212,6 +235,7 @@ class SubmitVideoOperator(BaseOperator):
         return fields
 
     def execute(self, context: Context) -> str:
+        _label_if_mapped(context)
         try:
             request = VideoRequest.build(**self._with_files_inlined())
         except InvalidVideoRequest as error:
@@ -295,6 +319,7 @@ class SubmitVideoOperator(BaseOperator):
         return video
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        _label_if_mapped(context)
         try:
             video_id = video_id_from_event(event)
         except VideoFailedError as error:
@@ -322,8 +347,13 @@ class SubmitVideoOperator(BaseOperator):
 
     def _completed(self, context: Context, video: VideoTask) -> str:
         link = video.video_url if _is_web_link(video.video_url) else ""
-        host = urlsplit(link).hostname if link else "the API's /content download"
-        self.log.info("Video %s completed; it can be fetched from %s", video.id, host)
+        self.log.info(
+            "Video %s completed; %s",
+            video.id,
+            "its signed link is in XCom 'video_url' and in the task's extra link 'OctopusX video'"
+            if link
+            else "it has no link of its own, so downloads use the API's /content",
+        )
         context["ti"].xcom_push(key=VIDEO_URL_XCOM_KEY, value=link)
         self.video_link = link
         _forget_submission(context)
@@ -337,6 +367,15 @@ class SubmitVideoOperator(BaseOperator):
                 "(Airflow 3.3+).",
                 self._video_id,
             )
+
+
+def _in_bytes(size: float) -> str:
+    """``14.0 kB``, ``1.07 GB``: a size a reader takes in at a glance."""
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.2f} GB"
 
 
 def _is_web_link(link: Any) -> bool:
@@ -405,8 +444,15 @@ class DownloadVideoOperator(BaseOperator):
         self.octopusx_conn_id = octopusx_conn_id
         self.max_bytes = max_bytes
         self.timeout = timeout
+        self._prompt: str | None = None
+
+    @property
+    def map_index_label(self) -> str:
+        """The video's prompt once the API has described it, else its id."""
+        return _label(self._prompt or str(self.video_id))
 
     def execute(self, context: Context) -> str:
+        _label_if_mapped(context)
         try:
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:
@@ -420,23 +466,31 @@ class DownloadVideoOperator(BaseOperator):
             downloaded = hook.download_video(
                 self.video_id, file, max_bytes=self.max_bytes, timeout=self.timeout
             )
+        self._prompt = downloaded.video.prompt
         elapsed = max(time.monotonic() - started, 1e-6)
         uri = plain_uri(target)
         get_hook_lineage_collector().add_output_asset(context=target, uri=uri)
         self.log.info(
-            "Stored video %s at %s (%d bytes, %.1f MB/s)",
+            "Stored video %s at %s (%s in %.2f s, %s/s)",
             self.video_id,
             uri,
-            downloaded.size,
-            downloaded.size / elapsed / 1e6,
+            _in_bytes(downloaded.size),
+            elapsed,
+            _in_bytes(downloaded.size / elapsed),
         )
-        self._announce(context, uri, downloaded)
+        self._announce(context, target, downloaded)
         return uri
 
-    def _announce(self, context: Context, uri: str, downloaded: DownloadedVideo) -> None:
-        """Attach the video's metadata to the asset event of each outlet this operator declared itself."""
+    def _announce(self, context: Context, target: ObjectStoragePath, downloaded: DownloadedVideo) -> None:
+        """Attach the video's metadata to the asset event of each outlet this operator declared itself.
+
+        Through an alias the event goes to the folder's asset, not to one asset per file: one row in the
+        asset views for a folder that gains a video per run, each event saying which file and video.
+        """
         video = downloaded.video
+        uri = plain_uri(target)
         described: dict[str, Any] = {
+            "uri": uri,
             "video_id": video.id,
             "model": video.model,
             "prompt": video.prompt,
@@ -447,6 +501,6 @@ class DownloadVideoOperator(BaseOperator):
         extra = {key: value for key, value in described.items() if value is not None}
         for outlet in self.outlets:
             if isinstance(outlet, AssetAlias):
-                context["outlet_events"][outlet].add(Asset(uri), extra=extra)
+                context["outlet_events"][outlet].add(Asset(plain_uri(target.parent)), extra=extra)
             elif isinstance(outlet, Asset) and outlet.uri == uri:
                 context["outlet_events"][outlet].extra.update(extra)

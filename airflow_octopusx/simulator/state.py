@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import secrets
 import threading
 import time
@@ -126,6 +127,21 @@ class Failure:
 
     code: str
     message: str
+
+
+#: A prompt holding ``[simulate-failure]`` or ``[simulate-failure:CODE]`` makes a video that fails, so a
+#: DAG author can try failure handling from a DAG or the UI, with no call to the simulator's controls.
+_FAILURE_MARKER = re.compile(r"\[simulate-failure(?::([A-Za-z0-9_.-]{1,64}))?\]")
+
+
+def failure_asked_by(prompt: str) -> Failure | None:
+    marker = _FAILURE_MARKER.search(prompt)
+    if marker is None:
+        return None
+    return Failure(
+        code=marker[1] or "content_policy_violation",
+        message=f"The simulator failed this video as its prompt asked ({marker[0]}).",
+    )
 
 
 @dataclass(frozen=True)
@@ -409,8 +425,9 @@ class SimulatorState:
     def create_video(
         self, model: str, prompt: str, seconds: str | None = None, resolution: str | None = None
     ) -> Video:
-        """Register a new task, using up a pending ``fail_next`` failure if there is one."""
+        """Register a new task that fails if its prompt asks to, else by a pending ``fail_next``."""
         with self._lock:
+            asked = failure_asked_by(prompt)
             video = Video(
                 id=f"video_{secrets.token_hex(12)}",
                 model=model,
@@ -418,7 +435,7 @@ class SimulatorState:
                 created_at=int(time.time()),
                 started=time.monotonic(),
                 generation_seconds=self._settings.generation_seconds,
-                failure=self._failures.popleft() if self._failures else None,
+                failure=asked or (self._failures.popleft() if self._failures else None),
                 seconds=seconds,
                 resolution=resolution,
             )

@@ -65,6 +65,7 @@ class VideoTaskTrigger(BaseTrigger):
         try:
             async with OctopusXHook(self.octopusx_conn_id) as hook:
                 watch = VideoWatch(self.video_id, self.log, hook.retry_policy, self.max_poll_errors)
+                watch.starts(self.poll_interval, self.deadline)
                 event = await self._poll(hook, watch)
         except OctopusXError as error:
             last = watch.last if watch else None

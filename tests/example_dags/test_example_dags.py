@@ -65,7 +65,10 @@ def announced_uris(run: Any) -> list[str]:
 
     with create_session() as session:
         events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run.run_id)).all()
-        return [event.asset.uri for event in events]
+        # One asset per folder; each event names the file it stored.
+        for event in events:
+            assert event.asset.uri == event.extra["uri"].rsplit("/", 1)[0]
+        return [event.extra["uri"] for event in events]
 
 
 def decoded_frames(path: Path) -> int:
@@ -118,6 +121,29 @@ def test_example_runs_defers_and_stores_playable_mp4s(
         assert links[task_id].startswith(f"{octopusx_conn.cdn_url}/videos/{pushed[task_id]}.mp4?")
 
 
+def map_labels(run: Any, task_id: str) -> list[str | None]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = select(TaskInstance).where(TaskInstance.run_id == run.run_id, TaskInstance.task_id == task_id)
+        return [ti.rendered_map_index for ti in sorted(session.scalars(query), key=lambda ti: ti.map_index)]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_mapped_tasks_are_labelled_by_prompt(dagbag: Any, octopusx_conn: Simulator, output_dir: Path) -> None:
+    from example_dags.example_octopusx_mapped import PROMPTS
+
+    octopusx_conn.configure(generation_seconds=0.5)
+    run = dagbag.get_dag("example_octopusx_mapped").test()
+
+    assert run.state == "success"
+    assert map_labels(run, "submit_video") == PROMPTS
+    # The simulator echoes each video's prompt, as some API deployments do; downloads show it too.
+    assert map_labels(run, "download_video") == PROMPTS
+
+
 @pytest.mark.usefixtures("airflow_db")
 def test_the_asset_consumer_annotates_each_new_video(
     dagbag: Any, octopusx_conn: Simulator, output_dir: Path
@@ -135,7 +161,8 @@ def test_the_asset_consumer_annotates_each_new_video(
     with create_session() as session:
         events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == producer.run_id)).all()
         [event] = events
-        assert event.asset.uri == video.as_uri()
+        assert event.asset.uri == output_dir.as_uri()
+        assert event.extra["uri"] == video.as_uri()
         assert event.extra["video_id"] == video.stem
         assert event.extra["bytes"] == video.stat().st_size
         # What the scheduler hands the consumer DAG when it runs for this event.

@@ -107,7 +107,14 @@ def test_error_statuses_map_to_error_classes_with_code_message_and_ids(
         "req_9",
         "video_1",
     )
-    assert str(error) == f"Nope (HTTP {status}, code=some_code, video_id=video_1, request_id=req_9)"
+    said = f"Nope (HTTP {status}, code=some_code, video_id=video_1, request_id=req_9)"
+    if error_class is AuthenticationError:
+        # A refused key also says what to fix in Airflow.
+        said = (
+            f"OctopusX refused the API key: {said}. "
+            "Check the 'API key' field of connection 'octopusx_default' (Admin > Connections)."
+        )
+    assert str(error) == said
 
 
 def test_non_json_error_body_is_shown_shortened() -> None:

@@ -374,6 +374,23 @@ def test_fail_next_ends_videos_failed(octopusx_simulator: Simulator, client: htt
     assert error_of(response)["code"] == "video_not_ready"
 
 
+@pytest.mark.parametrize(
+    ("marker", "code"),
+    [("[simulate-failure]", "content_policy_violation"), ("[simulate-failure:server_error]", "server_error")],
+)
+def test_a_prompt_can_ask_for_a_failed_video(
+    octopusx_simulator: Simulator, client: httpx.Client, marker: str, code: str
+) -> None:
+    octopusx_simulator.configure(generation_seconds=0.4)
+    failing = create(client, prompt=f"A storm {marker} at sea")["id"]
+    healthy = create(client, prompt="A storm [simulate-failure at sea")["id"]  # not the marker
+    failed = wait_until_done(client, failing)
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == code
+    assert marker in failed["error"]["message"]
+    assert wait_until_done(client, healthy)["status"] == "completed"
+
+
 # -- downloads -------------------------------------------------------------------------------------
 
 

@@ -12,8 +12,9 @@ from typing import Any
 class RecordingTaskInstance:
     """Stands in for ``context["ti"]``: keeps what the operator pushes to XCom."""
 
-    def __init__(self) -> None:
+    def __init__(self, map_index: int = -1) -> None:
         self.xcom: dict[str, Any] = {}
+        self.map_index = map_index
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
