@@ -26,13 +26,19 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [{"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.hooks.octopusx"]}],
         "operators": [
-            {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.operators.octopusx"]}
+            {
+                "integration-name": "OctopusX",
+                "python-modules": ["airflow_octopusx.operators.octopusx", "airflow_octopusx.operators.batch"],
+            }
         ],
         "sensors": [
             {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.sensors.octopusx"]}
         ],
         "triggers": [
-            {"integration-name": "OctopusX", "python-modules": ["airflow_octopusx.triggers.octopusx"]}
+            {
+                "integration-name": "OctopusX",
+                "python-modules": ["airflow_octopusx.triggers.octopusx", "airflow_octopusx.triggers.batch"],
+            }
         ],
         "config": {
             "octopusx": {

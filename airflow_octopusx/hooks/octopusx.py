@@ -37,7 +37,7 @@ from airflow_octopusx.hooks.connection import Address, ApiEndpoint, ApiOnlyBeare
 from airflow_octopusx.hooks.download import Mp4Sink, announced_total, resumed_from
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.hooks.shared_clients import QueueingAsyncClient, SharedAsyncClients
-from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, VideoWatch
+from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, BatchWatch, VideoWatch
 from airflow_octopusx.models import VideoRequest, VideoTask
 
 # None passes chunks on as the socket delivers them (the measurements are in docs/performance.md).
@@ -338,6 +338,33 @@ class OctopusXHook(BaseHook):
             if remaining <= 0:
                 raise VideoTimeoutError(video_id, deadline, watch.last.progress if watch.last else None)
             time.sleep(min(poll_interval, remaining))
+
+    def wait_for_videos(
+        self,
+        video_ids: list[str],
+        *,
+        poll_interval: float,
+        deadline: float,
+        max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
+    ) -> dict[str, dict[str, Any]]:
+        """Poll many videos from the worker until all are finished or the ``deadline`` (epoch) passed.
+
+        Waits as ``VideoBatchTrigger`` does in the triggerer, and returns what its event would hold.
+        """
+        watch = BatchWatch(video_ids, self.log, self.retry_policy, max_poll_errors)
+        while True:
+            unfinished = watch.unfinished
+            watch.took(unfinished, [self._poll(video_id) for video_id in unfinished])
+            remaining = deadline - time.time()
+            if not watch.unfinished or remaining <= 0:
+                return watch.result()
+            time.sleep(min(poll_interval, remaining))
+
+    def _poll(self, video_id: str) -> VideoTask | OctopusXError:
+        try:
+            return self.get_video(video_id)
+        except OctopusXError as error:
+            return error
 
     def download_video(
         self,

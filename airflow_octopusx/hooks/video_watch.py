@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from airflow_octopusx.exceptions import OctopusXError, utc_text
+from airflow_octopusx.exceptions import NotFoundError, OctopusXError, excerpt, utc_text
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoTask
 
@@ -65,3 +65,81 @@ class VideoWatch:
         self._log.warning("Poll %d of video %s failed: %s", self._poll_errors, self.video_id, error)
         if self._poll_errors >= self._max_poll_errors:
             raise OctopusXError(f"gave up after {self._poll_errors} failed polls: {error}") from error
+
+
+class BatchWatch:
+    """What a wait for many videos has seen: how each ended, and one line whenever the counts move.
+
+    Alike in ``VideoBatchTrigger`` and in ``GenerateVideosOperator``'s wait on a worker. A video whose
+    polls keep failing (transiently, ``max_poll_errors`` in a row) or that the API no longer knows ends
+    as ``failed`` with code ``poll_failed`` or ``not_found``; a refused key ends the whole wait.
+    """
+
+    def __init__(
+        self,
+        video_ids: list[str],
+        log: _Log,
+        policy: RetryPolicy,
+        max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
+    ) -> None:
+        self.video_ids = video_ids
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        self._log = log
+        self._policy = policy
+        self._max_poll_errors = max_poll_errors
+        self._poll_errors: dict[str, int] = {}
+        self._counts: tuple[int, int] | None = None
+
+    @property
+    def unfinished(self) -> list[str]:
+        return [video_id for video_id in self.video_ids if video_id not in self.outcomes]
+
+    def took(self, video_ids: list[str], polls: list[VideoTask | OctopusXError]) -> None:
+        """Take one round of polls (a video, or the error its poll ended with), then log the counts."""
+        for video_id, poll in zip(video_ids, polls, strict=True):
+            if isinstance(poll, VideoTask):
+                self.saw(poll)
+            else:
+                self.poll_failed(video_id, poll)
+        self.log_counts()
+
+    def saw(self, video: VideoTask) -> None:
+        self._poll_errors.pop(video.id, None)
+        if video.is_completed:
+            self.outcomes[video.id] = {"status": "completed"}
+        elif video.is_failed:
+            reason = video.error
+            message = reason.message if reason else f"the API reported status {video.status!r}"
+            self.outcomes[video.id] = _failed(reason.code if reason else None, message)
+
+    def poll_failed(self, video_id: str, error: OctopusXError) -> None:
+        if isinstance(error, NotFoundError):
+            self.outcomes[video_id] = _failed("not_found", str(error))
+            return
+        if not self._policy.is_retryable(error, idempotent=True):
+            raise error
+        failures = self._poll_errors[video_id] = self._poll_errors.get(video_id, 0) + 1
+        if failures >= self._max_poll_errors:
+            message = f"gave up after {failures} failed polls: {error}"
+            self.outcomes[video_id] = _failed("poll_failed", message)
+
+    def log_counts(self) -> None:
+        completed = sum(outcome["status"] == "completed" for outcome in self.outcomes.values())
+        counts = (completed, len(self.outcomes) - completed)
+        if counts != self._counts:
+            self._counts = counts
+            self._log.info(
+                "%d/%d completed, %d failed, %d rendering",
+                completed,
+                len(self.video_ids),
+                counts[1],
+                len(self.video_ids) - len(self.outcomes),
+            )
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        """How each video ended; those still rendering at the deadline as ``timeout``."""
+        return {video_id: self.outcomes.get(video_id, {"status": "timeout"}) for video_id in self.video_ids}
+
+
+def _failed(code: str | None, message: str) -> dict[str, Any]:
+    return {"status": "failed", "code": code, "message": excerpt(message, 500)}

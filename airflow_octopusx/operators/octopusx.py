@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
-_REQUEST_FIELDS = (
+REQUEST_FIELDS = (
     "prompt",
     "model",
     "seconds",
@@ -57,6 +57,31 @@ _REQUEST_FIELDS = (
     "extra_body",
 )
 _PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def with_files_inlined(fields: dict[str, Any], read: Callable[[str, Any, bool], Any]) -> dict[str, Any]:
+    """Request fields with images (and a v2v reference video) given as files replaced by ``read(...)``."""
+
+    def inline(field: str, value: Any, *, video: bool = False) -> Any:
+        return read(field, value, video) if is_file_reference(value) else value
+
+    fields = dict(fields)
+    for name in ("first_image_url", "last_image_url"):
+        fields[name] = inline(name, fields.get(name))
+    if isinstance(fields.get("images"), (list, tuple)):
+        fields["images"] = [inline(f"images[{i}]", image) for i, image in enumerate(fields["images"])]
+    if isinstance(fields.get("extra_body"), dict) and fields.get("model", DEFAULT_MODEL) != DEFAULT_MODEL:
+        # Only the reference video may be a file; any other string is the API's to read as it is.
+        fields["extra_body"] = {
+            key: inline(f"extra_body.{key}", value, video=True) if key in REFERENCE_VIDEO_FIELDS else value
+            for key, value in fields["extra_body"].items()
+        }
+    return fields
+
+
+def file_reader(conn_id: str | None) -> Callable[[str, Any, bool], str]:
+    """Reads a file given for ``field`` on the worker, into the data URI the API takes."""
+    return lambda field, value, video: read_as_data_uri(field, value, conn_id=conn_id, video=video)
 
 
 def _known(value: Any) -> Any:
@@ -145,7 +170,7 @@ class SubmitVideoOperator(BaseOperator):
         input) fails the task at once, as the same request would fail, and be paid for, again.
     """
 
-    template_fields: Sequence[str] = _REQUEST_FIELDS
+    template_fields: Sequence[str] = REQUEST_FIELDS
     template_fields_renderers: ClassVar[dict[str, str]] = {"extra_body": "json", "images": "json"}
     operator_extra_links = (OctopusXVideoLink(),)
     ui_color = "#7b4fd6"
@@ -206,38 +231,18 @@ class SubmitVideoOperator(BaseOperator):
 
     def _known_fields(self) -> dict[str, Any]:
         """The request as far as it is known at parse time; files count as unknown until read at run time."""
-        fields = self._with_files_inlined(lambda field, value, video: UNRENDERED)
+        fields = with_files_inlined(self._fields(), lambda field, value, video: UNRENDERED)
         return {name: _known(value) for name, value in fields.items()}
 
-    def _with_files_inlined(self, read: Callable[[str, Any, bool], Any] | None = None) -> dict[str, Any]:
-        """The request fields, with images (and a v2v reference video) given as files read into data URIs."""
-
-        def inline(field: str, value: Any, *, video: bool = False) -> Any:
-            if not is_file_reference(value):
-                return value
-            if read is not None:
-                return read(field, value, video)
-            return read_as_data_uri(field, value, conn_id=self.input_conn_id, video=video)
-
-        fields = {name: getattr(self, name) for name in _REQUEST_FIELDS}
-        for name in ("first_image_url", "last_image_url"):
-            fields[name] = inline(name, fields[name])
-        if isinstance(fields["images"], (list, tuple)):
-            fields["images"] = [inline(f"images[{i}]", image) for i, image in enumerate(fields["images"])]
-        if isinstance(fields["extra_body"], dict) and fields["model"] != DEFAULT_MODEL:
-            # Only the reference video may be a file; any other string is the API's to read as it is.
-            fields["extra_body"] = {
-                key: inline(f"extra_body.{key}", value, video=True)
-                if key in REFERENCE_VIDEO_FIELDS
-                else value
-                for key, value in fields["extra_body"].items()
-            }
-        return fields
+    def _fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in REQUEST_FIELDS}
 
     def execute(self, context: Context) -> str:
         _label_if_mapped(context)
         try:
-            request = VideoRequest.build(**self._with_files_inlined())
+            request = VideoRequest.build(
+                **with_files_inlined(self._fields(), file_reader(self.input_conn_id))
+            )
         except InvalidVideoRequest as error:
             raise AirflowFailException(f"Invalid argument after rendering templates: {error}") from error
         with self.hook:
@@ -478,29 +483,41 @@ class DownloadVideoOperator(BaseOperator):
             elapsed,
             _in_bytes(downloaded.size / elapsed),
         )
-        self._announce(context, target, downloaded)
+        announce_stored_video(context, self.outlets, target, downloaded)
         return uri
 
-    def _announce(self, context: Context, target: ObjectStoragePath, downloaded: DownloadedVideo) -> None:
-        """Attach the video's metadata to the asset event of each outlet this operator declared itself.
 
-        Through an alias the event goes to the folder's asset, not to one asset per file: one row in the
-        asset views for a folder that gains a video per run, each event saying which file and video.
-        """
-        video = downloaded.video
-        uri = plain_uri(target)
-        described: dict[str, Any] = {
-            "uri": uri,
-            "video_id": video.id,
-            "model": video.model,
-            "prompt": video.prompt,
-            "seconds": video.seconds,
-            "resolution": video.resolution,
-            "bytes": downloaded.size,
-        }
-        extra = {key: value for key, value in described.items() if value is not None}
-        for outlet in self.outlets:
-            if isinstance(outlet, AssetAlias):
-                context["outlet_events"][outlet].add(Asset(plain_uri(target.parent)), extra=extra)
-            elif isinstance(outlet, Asset) and outlet.uri == uri:
-                context["outlet_events"][outlet].extra.update(extra)
+def announce_stored_video(
+    context: Context, outlets: Sequence[Any], target: ObjectStoragePath, downloaded: DownloadedVideo
+) -> None:
+    """Attach the video's metadata to the asset event of each outlet this operator declared itself.
+
+    Through an alias the event goes to the folder's asset, not to one asset per file: one row in the
+    asset views for a folder that gains a video per run, each event saying which file and video.
+    """
+    video = downloaded.video
+    uri = plain_uri(target)
+    described: dict[str, Any] = {
+        "uri": uri,
+        "video_id": video.id,
+        "model": video.model,
+        "prompt": video.prompt,
+        "seconds": video.seconds,
+        "resolution": video.resolution,
+        "bytes": downloaded.size,
+    }
+    extra = {key: value for key, value in described.items() if value is not None}
+    for outlet in outlets:
+        if isinstance(outlet, AssetAlias):
+            context["outlet_events"][outlet].add(Asset(plain_uri(target.parent)), extra=extra)
+        elif isinstance(outlet, Asset) and outlet.uri == uri:
+            context["outlet_events"][outlet].extra.update(extra)
+
+
+def __getattr__(name: str) -> Any:
+    # GenerateVideosOperator lives in operators/batch.py, which builds on this module; importable from here.
+    if name == "GenerateVideosOperator":
+        from airflow_octopusx.operators.batch import GenerateVideosOperator
+
+        return GenerateVideosOperator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,8 +28,8 @@ EXPECTED: dict[str, tuple[int, set[str]]] = {
     "example_octopusx_asset_producer": (1, {"submit_video"}),
 }
 STRUCTLOG_ERROR = re.compile(r"\[(error|critical)\s*\]")
-# DAGs that store no video themselves; each has a test of its own below.
-CONSUMERS = {"example_octopusx_asset_consumer"}
+# DAGs that store no video themselves, or store them in a batch; each has a test of its own below.
+CONSUMERS = {"example_octopusx_asset_consumer", "example_octopusx_batch"}
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +170,28 @@ def test_the_asset_consumer_annotates_each_new_video(
     assert json.loads(video.with_suffix(".json").read_text())["video_id"] == video.stem
     consumer = dagbag.get_dag("example_octopusx_asset_consumer")
     assert list(consumer.timetable.asset_condition.objects) == [AssetAlias("octopusx_videos")]
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_the_batch_example_stores_every_video_but_the_one_failed_on_purpose(
+    dagbag: Any, octopusx_conn: Simulator, output_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    octopusx_conn.configure(generation_seconds=2.5)
+
+    run = dagbag.get_dag("example_octopusx_batch").test()
+
+    assert run.state == "success"
+    results = xcom_values(run, "return_value")["generate_videos"]
+    assert [result["status"] for result in results] == ["stored", "stored", "stored", "failed"]
+    assert results[3]["error"]["code"] == "content_policy_violation"
+    stored = sorted(output_dir.glob("*.mp4"))
+    assert sorted(path.as_uri() for path in stored) == sorted(r["uri"] for r in results[:3])
+    assert all(decoded_frames(path) > 0 for path in stored)
+    assert not list(output_dir.glob(".*"))
+    stats = octopusx_conn.stats
+    assert stats.posts == stats.videos_created == 4
+    # One deferral for the whole batch, and one asset event per stored video.
+    deferred = [r.getMessage() for r in caplog.records if "running trigger in line" in r.getMessage()]
+    assert len(deferred) == 1
+    assert sorted(announced_uris(run)) == sorted(path.as_uri() for path in stored)
+

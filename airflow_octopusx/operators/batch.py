@@ -1,0 +1,434 @@
+"""``GenerateVideosOperator``: many videos in one task, at two task runs however many there are."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AssetAlias,
+    BaseOperator,
+    conf,
+)
+
+from airflow_octopusx.exceptions import (
+    AmbiguousSubmissionError,
+    InvalidVideoRequest,
+    OctopusXError,
+    RateLimitError,
+    VideoFailedError,
+)
+from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
+from airflow_octopusx.hooks.retry import RetryPolicy, is_transient_failure
+from airflow_octopusx.models import VideoRequest
+from airflow_octopusx.operators.octopusx import (
+    DEFAULT_ASSET_ALIAS,
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    REQUEST_FIELDS,
+    announce_stored_video,
+    file_reader,
+    with_files_inlined,
+)
+from airflow_octopusx.storage.video_destination import VideoDestination, plain_uri
+from airflow_octopusx.triggers.batch import VideoBatchTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+#: Task state store key of one request's record; the index follows. A record is one small value, so a
+#: retry finds each accepted id without reading the others'.
+BATCH_STATE_KEY = "octopusx_batch_"
+#: Failures listed in full in the task's error; the rest are counted.
+SHOWN_FAILURES = 5
+
+
+class GenerateVideosOperator(BaseOperator):
+    """Submit a list of videos, wait for all of them in one deferral, and store each MP4 in a folder.
+
+    Two task runs whatever the number of videos (submit and defer, then download), where mapping
+    ``SubmitVideoOperator`` costs three per video. Every request is checked before the first is sent.
+    Accepted ids are recorded at once in the task state store (Airflow 3.3+), so a retry or a killed
+    worker resumes: accepted videos are not submitted again, ambiguous submissions are reported and not
+    resent, stored videos are not downloaded again. Only videos the API failed for a reason it blames on
+    itself (``hooks.retry.TRANSIENT_VIDEO_FAILURES``) are submitted anew by a retry: a new, billed video.
+
+    :param requests: a list of dicts with ``SubmitVideoOperator``'s request fields (``prompt``,
+        ``seconds``, ``aspect_ratio``, ``resolution``, ``first_image_url``, ``last_image_url``, ``images``,
+        ``model``, ``extra_body``). Templated; an ``XComArg`` works.
+    :param defaults: fields used where a request leaves them out.
+    :param destination: the folder (path, URI or ``ObjectStoragePath``) the videos are stored in, as
+        ``<video_id>.mp4``.
+    :param destination_conn_id: connection for the destination's object store.
+    :param overwrite: replace existing files instead of counting them as failed.
+    :param octopusx_conn_id: the ``octopusx`` connection.
+    :param input_conn_id: connection for images given as storage URIs.
+    :param max_failed: videos that may end unstored before the task fails (after storing the rest).
+    :param max_concurrent_requests: submissions and downloads in flight at once; a 429 slows them all.
+    :param deferrable: wait in the triggerer (one trigger for the whole batch), freeing the worker slot.
+    :param poll_interval: seconds between rounds of status checks.
+    :param timeout: seconds to wait for the videos; those still rendering then count as ``timeout``.
+    :param max_bytes: refuse a video larger than this.
+    :param asset_alias: each stored video is announced through ``AssetAlias(asset_alias)`` as an event of
+        the folder's asset, with the file's ``uri`` and the video's metadata; ``None`` announces nothing.
+    :return: one result per request, in request order: ``index``, ``video_id``, ``status`` (``stored``,
+        ``failed``, ``timeout`` or ``not_submitted``), ``uri`` and ``error`` (``code``, ``message``).
+    """
+
+    template_fields: Sequence[str] = ("requests", "defaults", "destination")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"requests": "json", "defaults": "json"}
+    ui_color = "#7b4fd6"
+
+    def __init__(
+        self,
+        *,
+        requests: list[dict[str, Any]] | Any,
+        defaults: dict[str, Any] | None = None,
+        destination: str | ObjectStoragePath,
+        destination_conn_id: str | None = None,
+        overwrite: bool = False,
+        octopusx_conn_id: str = OctopusXHook.default_conn_name,
+        input_conn_id: str | None = None,
+        max_failed: int = 0,
+        max_concurrent_requests: int = 8,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 10,
+        timeout: float = 3600,
+        max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
+        asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+        **kwargs: Any,
+    ) -> None:
+        if not kwargs.get("outlets") and asset_alias is not None:
+            kwargs["outlets"] = [AssetAlias(asset_alias)]
+        super().__init__(**kwargs)
+        if max_concurrent_requests < 1:
+            raise ValueError(
+                f"{type(self).__name__} {self.task_id!r}: max_concurrent_requests must be 1 or more"
+            )
+        self.requests = requests
+        self.defaults = defaults
+        self.destination = destination
+        self.destination_conn_id = destination_conn_id
+        self.overwrite = overwrite
+        self.octopusx_conn_id = octopusx_conn_id
+        self.input_conn_id = input_conn_id
+        self.max_failed = max_failed
+        self.max_concurrent_requests = max_concurrent_requests
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+
+    # -- first run: check, submit (or resume), wait ---------------------------------------------------
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        requests = self._checked_requests()
+        records = _Records(context, [request.fingerprint() for request in requests], self.log)
+        records.forget_failed()
+        self._submit(requests, records)
+        rendering = records.rendering()
+        deadline = time.time() + self.timeout
+        if rendering and self.deferrable:
+            self.defer(
+                trigger=VideoBatchTrigger(
+                    video_ids=rendering,
+                    octopusx_conn_id=self.octopusx_conn_id,
+                    poll_interval=self.poll_interval,
+                    deadline=deadline,
+                ),
+                method_name="execute_complete",
+                kwargs={"records": records.as_list()},
+            )
+        with OctopusXHook(self.octopusx_conn_id) as hook:
+            waited = (
+                hook.wait_for_videos(rendering, poll_interval=self.poll_interval, deadline=deadline)
+                if rendering
+                else {}
+            )
+        return self._store(context, records, waited)
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, records: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        if not event or event.get("status") != "done" or not isinstance(event.get("videos"), dict):
+            # A retry resumes every recorded video; nothing is submitted twice.
+            raise AirflowException(f"Waiting for the batch failed: {(event or {}).get('message', event)!r}")
+        fingerprints = [request.fingerprint() for request in self._checked_requests()]
+        return self._store(context, _Records(context, fingerprints, self.log, records), event["videos"])
+
+    def _checked_requests(self) -> list[VideoRequest]:
+        """Every request checked before any is sent; the first bad one fails the task, naming it."""
+        if isinstance(self.requests, (str, bytes, Mapping)) or not isinstance(self.requests, Sequence):
+            raise AirflowFailException(
+                f"requests: must be a list of dicts, got {type(self.requests).__name__}"
+            )
+        if self.defaults is not None and not isinstance(self.defaults, Mapping):
+            raise AirflowFailException("defaults: must be a dict of request fields")
+        checked = []
+        for index, request in enumerate(self.requests):
+            try:
+                if not isinstance(request, Mapping):
+                    raise InvalidVideoRequest(
+                        "", f"must be a dict of request fields, got {type(request).__name__}"
+                    )
+                fields = {**(self.defaults or {}), **request}
+                unknown = sorted(set(fields) - set(REQUEST_FIELDS))
+                if unknown:
+                    raise InvalidVideoRequest(
+                        unknown[0], f"is not a request field; the fields are {', '.join(REQUEST_FIELDS)}"
+                    )
+                fields = with_files_inlined(fields, file_reader(self.input_conn_id))
+                checked.append(VideoRequest.build(**fields))
+            except (InvalidVideoRequest, TypeError) as error:
+                raise AirflowFailException(f"requests[{index}]: {error}; nothing was submitted") from error
+        return checked
+
+    def _submit(self, requests: list[VideoRequest], records: _Records) -> None:
+        """Submit what no earlier try did, ``max_concurrent_requests`` at a time over one client."""
+        missing = [index for index in range(len(requests)) if records.needs_submitting(index)]
+        if not missing:
+            return
+        self.log.info("Submitting %d of %d videos", len(missing), len(requests))
+        # One attempt per call: the batch retries, so that a 429 pauses every submission, not one.
+        with (
+            OctopusXHook(self.octopusx_conn_id, retry_policy=RetryPolicy(max_attempts=1)) as hook,
+            ThreadPoolExecutor(self.max_concurrent_requests, thread_name_prefix="octopusx-submit") as pool,
+        ):
+            gate = _SubmitGate(RetryPolicy(max_attempts=hook.endpoint.max_attempts))
+            futures = {pool.submit(gate.submit, hook, requests[index]): index for index in missing}
+            for future in as_completed(futures):
+                records.submitted(futures[future], future)
+
+    # -- second run (or the same, on a worker): store what completed -----------------------------------
+
+    def _store(
+        self, context: Context, records: _Records, waited: Mapping[str, Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        destination = VideoDestination(
+            self.destination if _is_folder(self.destination) else f"{self.destination}/",
+            conn_id=self.destination_conn_id,
+            overwrite=self.overwrite,
+        )
+        records.finished(waited)
+        completed = records.completed()
+        if completed:
+            self.log.info("Downloading %d videos", len(completed))
+        with (
+            OctopusXHook(self.octopusx_conn_id) as hook,
+            ThreadPoolExecutor(self.max_concurrent_requests, thread_name_prefix="octopusx-download") as pool,
+        ):
+            futures = {
+                pool.submit(self._download, hook, destination, video_id): index
+                for index, video_id in completed
+            }
+            for future in as_completed(futures):
+                stored = records.stored(futures[future], future)
+                if stored is not None:
+                    announce_stored_video(context, self.outlets, *stored)
+        results = records.results()
+        self._report(results)
+        records.forget_all()
+        return results
+
+    def _download(
+        self, hook: OctopusXHook, destination: VideoDestination, video_id: str
+    ) -> tuple[ObjectStoragePath, DownloadedVideo]:
+        target = destination.path_for(video_id)
+        with destination.open(target) as file:
+            downloaded = hook.download_video(
+                video_id, file, max_bytes=self.max_bytes, timeout=DEFAULT_DOWNLOAD_TIMEOUT
+            )
+        return target, downloaded
+
+    def _report(self, results: list[dict[str, Any]]) -> None:
+        unstored = [result for result in results if result["status"] != "stored"]
+        self.log.info("Stored %d of %d videos", len(results) - len(unstored), len(results))
+        if len(unstored) <= self.max_failed:
+            return
+        lines = [
+            f"requests[{result['index']}] video {result['video_id'] or '-'}: {result['status']}"
+            + (f" ({result['error']['code']}: {result['error']['message']})" if result["error"] else "")
+            for result in unstored[:SHOWN_FAILURES]
+        ]
+        more = f"\n... and {len(unstored) - SHOWN_FAILURES} more" if len(unstored) > SHOWN_FAILURES else ""
+        raise AirflowException(
+            f"{len(unstored)} of {len(results)} videos were not stored (max_failed={self.max_failed}); the "
+            "stored ones stay, and a retry resumes the rest without submitting any video twice:\n"
+            + "\n".join(lines)
+            + more
+        )
+
+
+def _is_folder(destination: str | ObjectStoragePath) -> bool:
+    return not isinstance(destination, str) or destination.endswith("/")
+
+
+class _SubmitGate:
+    """Submissions of one batch share one pace: a 429 holds back every submission, not only its own."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._not_before = 0.0
+
+    def submit(self, hook: OctopusXHook, request: VideoRequest) -> str:
+        for attempt in range(1, self._policy.max_attempts + 1):
+            with self._lock:
+                pause = self._not_before - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            try:
+                return hook.submit_video(request).id
+            except OctopusXError as error:
+                if attempt == self._policy.max_attempts or not self._policy.is_retryable(
+                    error, idempotent=False
+                ):
+                    raise
+                delay = self._policy.delay(attempt, error)
+                if isinstance(error, RateLimitError):
+                    with self._lock:
+                        self._not_before = max(self._not_before, time.monotonic() + delay)
+                else:
+                    time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt re-raises")
+
+
+class _Records:
+    """Each request's state, kept in the task state store as it changes, so any try can resume.
+
+    A record: ``request`` (the fingerprint of the request it was made for), ``video_id``, ``status``
+    (``rendering``, ``completed``, ``stored``, ``failed``, ``timeout``, ``not_submitted``), ``uri`` and
+    ``error``. A record made for another request than the one now at its index is ignored. ``carried``
+    are the records a deferral passed on to its resumption (the only copy before Airflow 3.3).
+    """
+
+    def __init__(
+        self, context: Context, fingerprints: list[str], log: Any, carried: list[Any] | None = None
+    ) -> None:
+        self._store = context.get("task_state_store")
+        self._log = log
+        self._fingerprints = fingerprints
+        self._records: list[dict[str, Any] | None] = [None] * len(fingerprints)
+        for index, fingerprint in enumerate(fingerprints):
+            if carried is not None and index < len(carried):
+                record = carried[index]
+            elif self._store is not None:
+                record = self._store.get(f"{BATCH_STATE_KEY}{index}")
+            else:
+                record = None
+            if isinstance(record, dict) and record.get("request") == fingerprint:
+                self._records[index] = record
+        if self._store is None and carried is None:
+            log.warning(
+                "This Airflow has no task state store (it arrived in 3.3): a retry of this task will submit "
+                "the whole batch again."
+            )
+        resumed = sum(record is not None for record in self._records)
+        if resumed and carried is None:
+            log.info("Resuming %d of %d videos from an earlier try", resumed, len(fingerprints))
+
+    def as_list(self) -> list[dict[str, Any] | None]:
+        return list(self._records)
+
+    def _set(self, index: int, video_id: str | None, status: str, **more: Any) -> None:
+        record = {"request": self._fingerprints[index], "video_id": video_id, "status": status}
+        self._records[index] = record | {"uri": None, "error": None} | more
+        if self._store is not None:
+            self._store.set(f"{BATCH_STATE_KEY}{index}", self._records[index])
+
+    def forget_failed(self) -> None:
+        """Drop records of videos the API failed for a passing reason, so that they are submitted anew."""
+        for index, record in enumerate(self._records):
+            if record is None or record["status"] != "failed" or not record["video_id"]:
+                continue
+            error = record["error"] or {}
+            failure = VideoFailedError(record["video_id"], error.get("message", ""), error.get("code"))
+            if is_transient_failure(failure):
+                self._log.info(
+                    "Video %s failed in an earlier try (%s); submitting anew", failure.video_id, failure.code
+                )
+                self._records[index] = None
+
+    def needs_submitting(self, index: int) -> bool:
+        return self._records[index] is None
+
+    def submitted(self, index: int, future: Future[str]) -> None:
+        try:
+            self._set(index, future.result(), "rendering")
+        except AmbiguousSubmissionError as error:
+            # It may exist and be billed: reported, never sent again by this or a later try.
+            self._set(index, None, "not_submitted", error=_error("ambiguous_submission", error))
+        except OctopusXError as error:
+            self._set(index, None, "not_submitted", error=_error(getattr(error, "code", None), error))
+
+    def rendering(self) -> list[str]:
+        return [
+            r["video_id"] for r in self._records if r is not None and r["status"] in ("rendering", "timeout")
+        ]
+
+    def finished(self, outcomes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Take how each waited-for video ended: ``completed``, ``failed`` or ``timeout``."""
+        for index, record in enumerate(self._records):
+            outcome = outcomes.get(record["video_id"]) if record and record["video_id"] else None
+            if record is None or outcome is None or record["status"] == "stored":
+                continue
+            status = str(outcome.get("status"))
+            error = (
+                None
+                if status == "completed"
+                else {"code": outcome.get("code"), "message": outcome.get("message")}
+            )
+            self._set(index, record["video_id"], status, error=error)
+
+    def completed(self) -> list[tuple[int, str]]:
+        return [
+            (i, r["video_id"])
+            for i, r in enumerate(self._records)
+            if r is not None and r["status"] == "completed"
+        ]
+
+    def stored(
+        self, index: int, future: Future[tuple[ObjectStoragePath, DownloadedVideo]]
+    ) -> tuple[ObjectStoragePath, DownloadedVideo] | None:
+        video_id = self._records[index]["video_id"]  # type: ignore[index]
+        try:
+            target, downloaded = future.result()
+        except (OctopusXError, AirflowFailException) as error:
+            self._log.warning("Video %s was not stored: %s", video_id, error)
+            # Left "completed": a retry downloads it again, and never submits it again.
+            self._set(index, video_id, "completed", error=_error("download_failed", error))
+            return None
+        self._set(index, video_id, "stored", uri=plain_uri(target))
+        return target, downloaded
+
+    def results(self) -> list[dict[str, Any]]:
+        """One per request, in order; a video left completed but unstored is reported ``failed``."""
+        results = []
+        for index, record in enumerate(self._records):
+            record = record or {"video_id": None, "status": "not_submitted", "uri": None, "error": None}
+            status = {"rendering": "timeout", "completed": "failed"}.get(record["status"], record["status"])
+            results.append(
+                {
+                    "index": index,
+                    "video_id": record["video_id"],
+                    "status": status,
+                    "uri": record["uri"],
+                    "error": record["error"],
+                }
+            )
+        return results
+
+    def forget_all(self) -> None:
+        """The task succeeded: clearing it later makes a new batch, as with ``SubmitVideoOperator``."""
+        if self._store is not None:
+            for index in range(len(self._records)):
+                self._store.delete(f"{BATCH_STATE_KEY}{index}")
+
+
+def _error(code: str | None, error: BaseException) -> dict[str, Any]:
+    return {"code": code, "message": str(error)}

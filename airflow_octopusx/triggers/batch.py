@@ -1,0 +1,79 @@
+"""``VideoBatchTrigger``: one deferral waits for a whole batch of videos in the triggerer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_octopusx.exceptions import OctopusXError
+from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, BatchWatch
+from airflow_octopusx.models import VideoTask
+
+
+class VideoBatchTrigger(BaseTrigger):
+    """Poll every unfinished video of a batch until all are finished or the deadline passes; one event.
+
+    Finished videos are not polled again. All polls go through the triggerer's shared client for the
+    connection, whose queue bounds the requests in flight. The event holds, per video id, ``status``
+    (``completed``, ``failed``, ``timeout``) and for failures ``code`` and ``message``: no links, no key.
+
+    :param video_ids: the videos to wait for.
+    :param octopusx_conn_id: the ``octopusx`` connection; the key is looked up in the triggerer.
+    :param poll_interval: seconds between rounds of polls.
+    :param deadline: Unix time after which the wait ends; unfinished videos are reported as ``timeout``.
+    """
+
+    def __init__(
+        self,
+        video_ids: list[str],
+        octopusx_conn_id: str,
+        poll_interval: float,
+        deadline: float,
+        max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
+    ) -> None:
+        super().__init__()
+        self.video_ids = list(video_ids)
+        self.octopusx_conn_id = octopusx_conn_id
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self.max_poll_errors = max_poll_errors
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "video_ids": self.video_ids,
+                "octopusx_conn_id": self.octopusx_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "max_poll_errors": self.max_poll_errors,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async with OctopusXHook(self.octopusx_conn_id) as hook:
+                watch = BatchWatch(self.video_ids, self.log, hook.retry_policy, self.max_poll_errors)
+                while True:
+                    unfinished = watch.unfinished
+                    watch.took(unfinished, await asyncio.gather(*(_poll(hook, v) for v in unfinished)))
+                    remaining = self.deadline - time.time()
+                    if not watch.unfinished or remaining <= 0:
+                        break
+                    await asyncio.sleep(min(self.poll_interval, remaining))
+            event: dict[str, Any] = {"status": "done", "videos": watch.result()}
+        except OctopusXError as error:
+            event = {"status": "error", "message": str(error)}
+        yield TriggerEvent(event)
+
+
+async def _poll(hook: OctopusXHook, video_id: str) -> VideoTask | OctopusXError:
+    try:
+        return await hook.aget_video(video_id)
+    except OctopusXError as error:
+        return error
