@@ -17,7 +17,8 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_octopusx.exceptions import (
-    AmbiguousSubmissionError,
+    AuthenticationError,
+    BadRequestError,
     InvalidVideoRequest,
     OctopusXError,
     RateLimitError,
@@ -171,11 +172,12 @@ class GenerateVideosOperator(BaseOperator):
             raise AirflowFailException("defaults: must be a dict of request fields")
         checked = []
         for index, request in enumerate(self.requests):
+            if not isinstance(request, Mapping):
+                raise AirflowFailException(
+                    f"requests[{index}]: must be a dict of request fields, got {type(request).__name__}; "
+                    "nothing was submitted"
+                )
             try:
-                if not isinstance(request, Mapping):
-                    raise InvalidVideoRequest(
-                        "", f"must be a dict of request fields, got {type(request).__name__}"
-                    )
                 fields = {**(self.defaults or {}), **request}
                 unknown = sorted(set(fields) - set(REQUEST_FIELDS))
                 if unknown:
@@ -355,16 +357,27 @@ class _Records:
                 self._records[index] = None
 
     def needs_submitting(self, index: int) -> bool:
-        return self._records[index] is None
+        record = self._records[index]
+        return record is None or bool(record.get("resend"))
 
     def submitted(self, index: int, future: Future[str]) -> None:
         try:
             self._set(index, future.result(), "rendering")
-        except AmbiguousSubmissionError as error:
-            # It may exist and be billed: reported, never sent again by this or a later try.
-            self._set(index, None, "not_submitted", error=_error("ambiguous_submission", error))
+        except (BadRequestError, AuthenticationError) as error:
+            self._set(index, None, "not_submitted", error=_error(error.code, error))
         except OctopusXError as error:
-            self._set(index, None, "not_submitted", error=_error(getattr(error, "code", None), error))
+            if RetryPolicy().is_retryable(error, idempotent=False):
+                # Provably never reached the API (no connection, 429): a retry may send it.
+                self._set(
+                    index,
+                    None,
+                    "not_submitted",
+                    error=_error(getattr(error, "code", None), error),
+                    resend=True,
+                )
+            else:
+                # It may exist and be billed: reported, never sent again by this or a later try.
+                self._set(index, None, "not_submitted", error=_error("ambiguous_submission", error))
 
     def rendering(self) -> list[str]:
         return [

@@ -1,0 +1,136 @@
+"""GenerateVideosOperator against the simulator: checks before any POST, resume without paying twice,
+results in request order, failures after storing the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, TaskDeferred
+
+from airflow_octopusx.operators.octopusx import GenerateVideosOperator
+from airflow_octopusx.simulator import Fault, Simulator
+from airflow_octopusx.triggers.batch import VideoBatchTrigger
+
+
+def batch(tmp_path: Path, prompts: list[str], **kwargs: Any) -> GenerateVideosOperator:
+    arguments: dict[str, Any] = {
+        "task_id": "generate",
+        "requests": [{"prompt": prompt} for prompt in prompts],
+        "defaults": {"seconds": 6, "resolution": "720p"},
+        "destination": f"{tmp_path}/videos/",
+        "deferrable": False,
+        "poll_interval": 0.05,
+    }
+    return GenerateVideosOperator(**(arguments | kwargs))
+
+
+@pytest.fixture(autouse=True)
+def quick_renders(octopusx_conn: Simulator) -> None:
+    octopusx_conn.configure(generation_seconds=0.3)
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ({"prompt": "waves", "seconds": 99}, "requests[2]: seconds: must be a whole number"),
+        ({"prompt": "waves", "colour": "red"}, "requests[2]: colour: is not a request field"),
+        ("waves", "requests[2]: must be a dict"),
+    ],
+)
+def test_one_bad_request_fails_the_task_naming_it_before_any_post(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any], bad: Any, named: str
+) -> None:
+    task = batch(tmp_path, ["a", "b"])
+    task.requests = [*task.requests, bad]
+    with pytest.raises(AirflowFailException, match=named.replace("[", r"\[").replace("]", r"\]")):
+        task.execute(context)
+    assert octopusx_conn.stats.posts == 0
+
+
+def test_on_the_worker_every_video_is_stored_and_reported_in_request_order(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    prompts = ["a fox", "a storm [simulate-failure]", "a kite", "a lake"]
+    results = batch(tmp_path, prompts, max_failed=1, max_concurrent_requests=2).execute(context)
+
+    assert [result["index"] for result in results] == [0, 1, 2, 3]
+    assert [result["status"] for result in results] == ["stored", "failed", "stored", "stored"]
+    assert results[1]["error"]["code"] == "content_policy_violation"
+    for result in (results[0], results[2], results[3]):
+        assert Path(result["uri"].removeprefix("file://")).name == f"{result['video_id']}.mp4"
+    assert sorted(path.name for path in (tmp_path / "videos").iterdir()) == sorted(
+        f"{result['video_id']}.mp4" for result in results if result["status"] == "stored"
+    )
+    assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 4
+    # Done: the records are gone, so clearing the task makes a new batch.
+    assert context["task_state_store"].values == {}
+
+
+def test_more_failures_than_allowed_fail_the_task_after_storing_the_rest(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    prompts = ["a fox", "a storm [simulate-failure]", "a kite"]
+    with pytest.raises(AirflowException) as caught:
+        batch(tmp_path, prompts).execute(context)
+    message = str(caught.value)
+    assert "1 of 3 videos were not stored (max_failed=0)" in message
+    assert "requests[1] video video_" in message
+    assert "content_policy_violation" in message
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
+
+
+def test_a_retry_after_a_lost_deferral_resumes_every_video_without_a_second_post(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    prompts = ["a fox", "a kite", "a lake"]
+    with pytest.raises(TaskDeferred) as deferred:
+        batch(tmp_path, prompts, deferrable=True).execute(context)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, VideoBatchTrigger)
+    assert len(trigger.video_ids) == 3
+    assert "key" not in str(trigger.serialize()).lower()
+
+    # The worker died while the batch waited; the retry runs on a worker again.
+    results = batch(tmp_path, prompts).execute(context)
+
+    assert [result["status"] for result in results] == ["stored"] * 3
+    assert sorted(result["video_id"] for result in results) == sorted(trigger.video_ids)
+    assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 3
+
+
+def test_an_ambiguous_submission_is_reported_and_never_sent_again(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    octopusx_conn.inject(Fault(route="POST /v1/videos", kind="status_after_handling", status=502))
+    with pytest.raises(AirflowException, match="ambiguous_submission"):
+        batch(tmp_path, ["a fox", "a kite"], max_concurrent_requests=1).execute(context)
+    assert octopusx_conn.stats.posts == 2
+
+    with pytest.raises(AirflowException, match="ambiguous_submission"):
+        batch(tmp_path, ["a fox", "a kite"], max_concurrent_requests=1).execute(context)
+
+    # The retry stored nothing new and sent nothing: the stored video was not fetched again either.
+    assert octopusx_conn.stats.posts == 2
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1
+
+
+def test_a_changed_request_is_a_new_video(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    with pytest.raises(AirflowException):
+        batch(tmp_path, ["a fox", "a storm [simulate-failure]"]).execute(context)
+    results = batch(tmp_path, ["a fox", "a calm sea"]).execute(context)
+    assert [result["status"] for result in results] == ["stored", "stored"]
+    assert octopusx_conn.stats.posts == 3  # the fox was stored already; only the new request was sent
+
+
+def test_a_429_is_waited_out_and_every_video_made_once(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    octopusx_conn.inject(Fault(route="POST /v1/videos", status=429, retry_after=1, times=2))
+    results = batch(tmp_path, ["a", "b", "c", "d"], max_concurrent_requests=4).execute(context)
+    assert [result["status"] for result in results] == ["stored"] * 4
+    assert octopusx_conn.stats.posts == 6
+    assert octopusx_conn.stats.videos_created == 4
