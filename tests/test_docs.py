@@ -635,6 +635,7 @@ def documented_default(cell: str) -> Any:
 OPERATOR_TABLES = {
     "SubmitVideoOperator": "airflow_octopusx.operators.octopusx",
     "DownloadVideoOperator": "airflow_octopusx.operators.octopusx",
+    "GenerateVideosOperator": "airflow_octopusx.operators.batch",
     "VideoTaskSensor": "airflow_octopusx.sensors.octopusx",
     "VideoTaskTrigger": "airflow_octopusx.triggers.octopusx",
 }

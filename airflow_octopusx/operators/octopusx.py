@@ -105,19 +105,9 @@ DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
 SUBMISSION_STATE_KEY = "octopusx_submission"
-#: How the UI labels a mapped task unless the DAG gives its own ``map_index_template``: by its prompt.
+#: How the UI labels a mapped task unless the DAG gives its own ``map_index_template``: by its prompt. A
+#: default in ``__init__``'s signature, which is where ``.partial()`` looks for an operator's defaults.
 DEFAULT_MAP_INDEX_TEMPLATE = "{{ task.map_index_label }}"
-
-
-def _label_if_mapped(context: Context) -> None:
-    """Unless the DAG labels its mapped tasks, label them by prompt: Airflow renders this as the try ends.
-
-    Set in the context, not as an ``__init__`` default: a mapped task's context is made from the
-    ``.partial()`` arguments before the operator itself exists.
-    """
-    map_index = context["ti"].map_index
-    if map_index is not None and map_index >= 0 and context.get("map_index_template") is None:
-        context["map_index_template"] = DEFAULT_MAP_INDEX_TEMPLATE
 
 
 def _label(text: str) -> str:
@@ -194,9 +184,10 @@ class SubmitVideoOperator(BaseOperator):
         poll_interval: float = 10,
         timeout: float = 3600,
         resubmit_failed: bool = False,
+        map_index_template: str | None = DEFAULT_MAP_INDEX_TEMPLATE,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(map_index_template=map_index_template, **kwargs)
         self.prompt = prompt
         self.seconds = seconds
         self.aspect_ratio = aspect_ratio
@@ -238,7 +229,6 @@ class SubmitVideoOperator(BaseOperator):
         return {name: getattr(self, name) for name in REQUEST_FIELDS}
 
     def execute(self, context: Context) -> str:
-        _label_if_mapped(context)
         try:
             request = VideoRequest.build(
                 **with_files_inlined(self._fields(), file_reader(self.input_conn_id))
@@ -324,7 +314,6 @@ class SubmitVideoOperator(BaseOperator):
         return video
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
-        _label_if_mapped(context)
         try:
             video_id = video_id_from_event(event)
         except VideoFailedError as error:
@@ -435,13 +424,14 @@ class DownloadVideoOperator(BaseOperator):
         max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
         timeout: float | None = DEFAULT_DOWNLOAD_TIMEOUT,
         asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+        map_index_template: str | None = DEFAULT_MAP_INDEX_TEMPLATE,
         **kwargs: Any,
     ) -> None:
         # Empty as well as absent: .partial() passes outlets=[] when none are given.
         if not kwargs.get("outlets") and asset_alias is not None:
             declared = VideoDestination(destination).declared_asset()
             kwargs["outlets"] = [declared or AssetAlias(asset_alias)]
-        super().__init__(**kwargs)
+        super().__init__(map_index_template=map_index_template, **kwargs)
         self.video_id = video_id
         self.destination = destination
         self.destination_conn_id = destination_conn_id
@@ -457,7 +447,6 @@ class DownloadVideoOperator(BaseOperator):
         return _label(self._prompt or str(self.video_id))
 
     def execute(self, context: Context) -> str:
-        _label_if_mapped(context)
         try:
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:

@@ -14,6 +14,7 @@ import av
 import pytest
 from airflow.providers.common.compat.sdk import AssetAlias
 
+from airflow_octopusx.operators.octopusx import DEFAULT_MAP_INDEX_TEMPLATE
 from airflow_octopusx.simulator import Simulator
 from tests.conftest import REPO, load_dags, xcom_values
 
@@ -138,6 +139,10 @@ def test_mapped_tasks_are_labelled_by_prompt(dagbag: Any, octopusx_conn: Simulat
     octopusx_conn.configure(generation_seconds=0.5)
     run = dagbag.get_dag("example_octopusx_mapped").test()
 
+    # The label is the operators' default, declared where .partial() finds it, so the scheduler and the
+    # task's first rendering (before it defers) know it too.
+    submit = dagbag.get_dag("example_octopusx_mapped").get_task("submit_video")
+    assert submit.map_index_template == DEFAULT_MAP_INDEX_TEMPLATE
     assert run.state == "success"
     assert map_labels(run, "submit_video") == PROMPTS
     # The simulator echoes each video's prompt, as some API deployments do; downloads show it too.
@@ -194,4 +199,3 @@ def test_the_batch_example_stores_every_video_but_the_one_failed_on_purpose(
     deferred = [r.getMessage() for r in caplog.records if "running trigger in line" in r.getMessage()]
     assert len(deferred) == 1
     assert sorted(announced_uris(run)) == sorted(path.as_uri() for path in stored)
-

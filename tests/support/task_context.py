@@ -12,9 +12,8 @@ from typing import Any
 class RecordingTaskInstance:
     """Stands in for ``context["ti"]``: keeps what the operator pushes to XCom."""
 
-    def __init__(self, map_index: int = -1) -> None:
+    def __init__(self) -> None:
         self.xcom: dict[str, Any] = {}
-        self.map_index = map_index
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
