@@ -64,9 +64,15 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_octopusx.hooks.octopusx.OctopusXHook",
                 "hook-name": "OctopusX",
                 "ui-field-behaviour": {
-                    "hidden-fields": ["login", "schema", "port"],
-                    "relabeling": {"host": "Base URL", "password": "API key"},
-                    "placeholders": {"host": "https://octopusx.ai", "password": "sk-..."},
+                    # Port stays visible: a hidden port is sent as 0 by the UI's Test button, which
+                    # Airflow then refuses as differing from the stored (empty) port.
+                    "hidden-fields": ["login", "schema"],
+                    "relabeling": {"host": "Base URL", "password": "API key", "port": "Port (optional)"},
+                    "placeholders": {
+                        "host": "https://octopusx.ai",
+                        "password": "sk-...",
+                        "port": "empty: the Base URL's port",
+                    },
                 },
                 "conn-fields": {
                     "allow_private_links": {

@@ -200,6 +200,17 @@ def _check_combination(values: Mapping[str, Any]) -> None:
             )
 
 
+def is_web_link(link: Any) -> bool:
+    """An http(s) link with a host: the only kind followed, or shown in XCom and on the task page."""
+    if not isinstance(link, str):
+        return False
+    try:
+        parts = urlsplit(link.strip())
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
 _VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 

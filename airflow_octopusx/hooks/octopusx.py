@@ -38,7 +38,7 @@ from airflow_octopusx.hooks.download import Mp4Sink, announced_total, resumed_fr
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.hooks.shared_clients import QueueingAsyncClient, SharedAsyncClients
 from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, BatchWatch, VideoWatch
-from airflow_octopusx.models import VideoRequest, VideoTask
+from airflow_octopusx.models import VideoRequest, VideoTask, is_web_link
 
 # None passes chunks on as the socket delivers them (the measurements are in docs/performance.md).
 DOWNLOAD_CHUNK_SIZE: int | None = None
@@ -396,7 +396,7 @@ class OctopusXHook(BaseHook):
             if not video.is_completed:
                 raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
             # A refused link costs no attempt: after two, /content is used, which raises no _LinkRefused.
-            use_link = _is_web_url(video.video_url) and refused_links < 2
+            use_link = is_web_link(video.video_url) and refused_links < 2
             try:
                 try:
                     self._transfer(
@@ -512,14 +512,6 @@ class _LinkRefused(Exception):
     def __init__(self, reason: str, *, lasting: bool = False) -> None:
         super().__init__(reason)
         self.lasting = lasting
-
-
-def _is_web_url(link: str) -> bool:
-    try:
-        url = httpx.URL(link)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return False
-    return url.scheme in ("http", "https") and bool(url.host)
 
 
 def _redirect_of(

@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
@@ -36,6 +35,7 @@ from airflow_octopusx.models import (
     VideoRequest,
     VideoTask,
     check_video_id,
+    is_web_link,
 )
 from airflow_octopusx.storage.input_files import is_file_reference, read_as_data_uri
 from airflow_octopusx.storage.video_destination import VideoDestination, plain_uri
@@ -96,11 +96,11 @@ def _known(value: Any) -> Any:
     return value if isinstance(value, _PLAIN_TYPES) else UNRENDERED
 
 
-VIDEO_URL_XCOM_KEY = "video_url"
 # Generous for a 30 s 4K clip, small enough to stop a runaway or hostile response filling a disk.
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 # A capped video at a slow 1 MB/s takes about 36 minutes; a CDN dripping bytes must not hold a slot forever.
 DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
+VIDEO_URL_XCOM_KEY = "video_url"
 #: The asset alias stored videos are announced through when their path is known only at run time.
 DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
@@ -123,7 +123,7 @@ class OctopusXVideoLink(BaseOperatorLink):
         # Airflow asks as each try ends, deferrals included, and stores the answer for the UI. The
         # operator holds the link once the video is done; asking XCom before then logs an ERROR line.
         link = getattr(operator, "video_link", "")
-        return link if _is_web_link(link) else ""
+        return link if is_web_link(link) else ""
 
 
 class SubmitVideoOperator(BaseOperator):
@@ -340,7 +340,7 @@ class SubmitVideoOperator(BaseOperator):
         )
 
     def _completed(self, context: Context, video: VideoTask) -> str:
-        link = video.video_url if _is_web_link(video.video_url) else ""
+        link = video.video_url if is_web_link(video.video_url) else ""
         self.log.info(
             "Video %s completed; %s",
             video.id,
@@ -370,11 +370,6 @@ def _in_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.2f} GB"
-
-
-def _is_web_link(link: Any) -> bool:
-    """Only http(s) links go to XCom and the task page: never ``javascript:`` or ``file:``."""
-    return isinstance(link, str) and urlsplit(link).scheme.lower() in ("http", "https")
 
 
 def _forget_submission(context: Context) -> None:

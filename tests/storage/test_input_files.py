@@ -11,7 +11,12 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, ObjectStoragePath
 
 from airflow_octopusx.exceptions import InvalidVideoRequest
-from airflow_octopusx.operators.octopusx import SubmitVideoOperator
+from airflow_octopusx.operators.octopusx import (
+    REQUEST_FIELDS,
+    SubmitVideoOperator,
+    file_reader,
+    with_files_inlined,
+)
 from airflow_octopusx.simulator import Simulator
 from airflow_octopusx.simulator.media import sample_mp4
 from airflow_octopusx.storage.input_files import (
@@ -25,6 +30,12 @@ from airflow_octopusx.storage.input_files import (
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 )
+
+
+def inlined_fields(task: SubmitVideoOperator) -> dict[str, Any]:
+    """The request fields as the task sends them, files read and inlined."""
+    fields = {name: getattr(task, name) for name in REQUEST_FIELDS}
+    return with_files_inlined(fields, file_reader(task.input_conn_id))
 
 
 @pytest.fixture
@@ -125,7 +136,7 @@ class TestOperator:
             last_image_url=ObjectStoragePath(f"file://{frame}"),
             images=["https://example.com/style.jpg", f"file://{frame}"],
         )
-        inlined = task._with_files_inlined()
+        inlined = inlined_fields(task)
         png_uri = "data:image/png;base64," + base64.b64encode(PNG).decode()
         assert inlined["first_image_url"] == inlined["last_image_url"] == png_uri
         assert inlined["images"] == ["https://example.com/style.jpg", png_uri]
@@ -151,7 +162,7 @@ class TestOperator:
         task = SubmitVideoOperator(
             task_id="edit", prompt="Make it snow", model="omni-fast-v2v", extra_body={"video_url": str(clip)}
         )
-        assert task._with_files_inlined()["extra_body"]["video_url"].startswith("data:video/mp4;base64,")
+        assert inlined_fields(task)["extra_body"]["video_url"].startswith("data:video/mp4;base64,")
         task.execute(context)
         assert octopusx_conn.stats.videos_created == 1
 

@@ -26,8 +26,11 @@ from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import (
     DEFAULT_ASSET_ALIAS,
+    REQUEST_FIELDS,
     DownloadVideoOperator,
     SubmitVideoOperator,
+    file_reader,
+    with_files_inlined,
 )
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.simulator.media import VideoBody, sample_mp4
@@ -37,6 +40,12 @@ from tests.storage.conftest import Bucket
 
 # Over two of the operator's upload parts: a multipart upload of three parts.
 LARGE_SIZE = 2 * UPLOAD_PART_SIZE + 2 * 1024 * 1024
+
+
+def inlined_fields(task: SubmitVideoOperator) -> dict[str, Any]:
+    """The request fields as the task sends them, files read and inlined."""
+    fields = {name: getattr(task, name) for name in REQUEST_FIELDS}
+    return with_files_inlined(fields, file_reader(task.input_conn_id))
 
 
 def submit(simulator: Simulator, **settings: Any) -> VideoTask:
@@ -343,7 +352,7 @@ def test_frames_in_a_bucket_are_read_with_the_input_connection_and_sent_inline(
         poll_interval=0.05,
     )
 
-    fields = task._with_files_inlined()
+    fields = inlined_fields(task)
 
     assert fields["first_image_url"] == data_uri(frames["frames/first.png"])
     assert fields["last_image_url"] == data_uri(frames["frames/last.png"])
@@ -367,5 +376,5 @@ def test_a_frame_given_as_object_storage_path_carries_its_own_connection(
         poll_interval=0.05,
     )
 
-    assert task._with_files_inlined()["first_image_url"] == data_uri(png(255, 255, 0))
+    assert inlined_fields(task)["first_image_url"] == data_uri(png(255, 255, 0))
     assert task.execute(context) == context["ti"].xcom["video_id"]
