@@ -1,14 +1,15 @@
 """Hundreds of videos in one DAG run, through a real Airflow deployment and its real triggerer.
 
 It starts the simulator and Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor on
-SQLite) as separate processes, exactly as ``tests/e2e`` does, and triggers ``octopusx_e2e_mapped``:
-``SubmitVideoOperator.partial(deferrable=True).expand(prompt=[...])`` then a mapped
-``DownloadVideoOperator``. While the run goes it samples the triggerer's process group in ``/proc``.
-It prints the run's wall time, the triggerer's peak memory and CPU seconds, the most videos deferred at
-once, and the POSTs per video (which must be 1).
+SQLite) as separate processes, exactly as ``tests/e2e`` does, and runs, one after the other with the
+same renders, ``octopusx_e2e_mapped`` (``SubmitVideoOperator.partial(deferrable=True).expand(...)`` then
+a mapped ``DownloadVideoOperator``: three task runs per video) and ``octopusx_e2e_batch``
+(``GenerateVideosOperator``: two task runs in all). While each runs it samples the triggerer's process
+group in ``/proc``. It prints, side by side, wall time, task runs, the triggerer's CPU seconds and peak
+memory, the most tasks deferred at once, and the POSTs per video (which must be 1).
 
-    .venv/bin/python -m benchmarks.e2e_scale                 # 200 videos
-    .venv/bin/python -m benchmarks.e2e_scale --videos 50 --parallelism 8
+    .venv/bin/python -m benchmarks.e2e_scale                 # 200 videos, both DAGs
+    .venv/bin/python -m benchmarks.e2e_scale --videos 1000 --dags octopusx_e2e_batch
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,9 @@ from tests.e2e.deployment import (
     session_usage,
 )
 
-DAG_ID = "octopusx_e2e_mapped"
+#: The DAGs measured side by side, the task each waits in, and how the table names them.
+WAITING_TASK = {"octopusx_e2e_mapped": "submit_video", "octopusx_e2e_batch": "generate_videos"}
+LABELS = {"octopusx_e2e_mapped": "mapped (3 runs per video)", "octopusx_e2e_batch": "GenerateVideosOperator"}
 IDLE_SECONDS = 10
 
 
@@ -37,9 +41,8 @@ IDLE_SECONDS = 10
 class Peak:
     """Highest values seen while sampling."""
 
-    rss_bytes: int = 0
-    pss_bytes: int = 0
     deferred: int = 0
+    pss_bytes: int = 0
 
 
 def pss_bytes(sid: int) -> int:
@@ -58,7 +61,14 @@ def pss_bytes(sid: int) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--videos", type=int, default=200, help="mapped videos in the run (default: 200)")
+    parser.add_argument("--videos", type=int, default=200, help="videos in each run (default: 200)")
+    parser.add_argument(
+        "--dags",
+        nargs="+",
+        choices=sorted(WAITING_TASK),
+        default=list(WAITING_TASK),
+        help="the DAGs to run one after the other on one deployment (default: both)",
+    )
     parser.add_argument("--generation-seconds", type=float, default=30, help="simulated render time")
     parser.add_argument("--parallelism", type=int, default=4, help="[core] parallelism (worker slots)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on the run after this long")
@@ -90,45 +100,96 @@ def run(airflow: Deployment, simulator: SimulatorProcess, args: argparse.Namespa
     idle = session_usage(triggerer.pid)
     idle_cpu_rate = (idle.cpu_seconds - before_idle.cpu_seconds) / IDLE_SECONDS
     idle_pss = pss_bytes(triggerer.pid)
-    peak = Peak(idle.rss_bytes, idle_pss)
+    results = {dag_id: measure(airflow, simulator, args, dag_id, idle_pss) for dag_id in args.dags}
+
+    mib = 1024 * 1024
+    rows: list[tuple[str, ...]] = [("", *(LABELS[dag_id] for dag_id in args.dags))]
+
+    def row(name: str, value: Callable[[Result], str]) -> None:
+        rows.append((name, *(value(results[dag_id]) for dag_id in args.dags)))
+
+    row("run state", lambda r: r.state)
+    row("videos created / MP4s stored", lambda r: f"{r.created} / {r.stored} of {args.videos}")
+    row("POSTs per video", lambda r: f"{r.posts / max(r.created, 1):.2f}")
+    row("wall time (trigger to run end)", lambda r: f"{r.wall:.1f} s")
+    row("task runs (tries + resumes)", lambda r: f"{r.task_runs} ({r.task_runs / args.videos:.2f} per video)")
+    row("most tasks deferred at once", lambda r: str(r.deferred))
+    row(
+        "triggerer CPU during the run",
+        lambda r: f"{r.triggerer_cpu:.1f} s (idle: {idle_cpu_rate * r.wall:.1f} s)",
+    )
+    row("triggerer PSS peak", lambda r: f"{r.pss_bytes / mib:.0f} MiB (idle {idle_pss / mib:.0f})")
+    row("status GETs per video", lambda r: f"{r.gets / max(r.created, 1):.1f}")
+    print(
+        f"{args.videos} videos, {args.generation_seconds:g} s renders, parallelism {args.parallelism}, "
+        f"{os.cpu_count()} cores"
+    )
+    widths = [max(len(cells[i]) for cells in rows) for i in range(len(rows[0]))]
+    for cells in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)))
+    ok = all(
+        r.state == "success" and r.posts == r.created == r.stored == args.videos for r in results.values()
+    )
+    return 0 if ok else 1
+
+
+@dataclass
+class Result:
+    state: str
+    wall: float
+    created: int
+    stored: int
+    posts: int
+    gets: int
+    task_runs: int
+    deferred: int
+    triggerer_cpu: float
+    pss_bytes: int
+
+
+def measure(
+    airflow: Deployment, simulator: SimulatorProcess, args: argparse.Namespace, dag_id: str, idle_pss: int
+) -> Result:
+    """One run of ``dag_id`` with ``args.videos`` videos, on a simulator and video folder emptied first."""
+    simulator.reset()
+    simulator.configure(generation_seconds=args.generation_seconds)
+    for path in airflow.videos.iterdir():
+        path.unlink()
+    triggerer = airflow.triggerer.component
+    peak = Peak(0, idle_pss)
     last_count = 0.0
+    waiting_task = WAITING_TASK[dag_id]
 
     def sample() -> None:
         nonlocal last_count
-        usage = session_usage(triggerer.pid)
-        peak.rss_bytes = max(peak.rss_bytes, usage.rss_bytes)
         if time.monotonic() - last_count >= 2:  # a full task-instance listing is a few API pages
             last_count = time.monotonic()
             peak.pss_bytes = max(peak.pss_bytes, pss_bytes(triggerer.pid))
-            peak.deferred = max(peak.deferred, len(airflow.deferred_holders(DAG_ID, run_id, "submit_video")))
+            peak.deferred = max(peak.deferred, len(airflow.deferred_holders(dag_id, run_id, waiting_task)))
 
+    before = session_usage(triggerer.pid)
     started = time.monotonic()
-    run_id = airflow.trigger(DAG_ID, {"videos": args.videos})
-    state = airflow.wait_for_run(DAG_ID, run_id, timeout=args.timeout, on_poll=sample)
+    run_id = airflow.trigger(dag_id, {"videos": args.videos})
+    state = airflow.wait_for_run(dag_id, run_id, timeout=args.timeout, on_poll=sample)
     wall = time.monotonic() - started
     used = session_usage(triggerer.pid)
     stats = simulator.stats()
-    stored = len(list(airflow.videos.glob("*.mp4")))
-
-    mib = 1024 * 1024
-    rows = [
-        ("run state", state),
-        ("videos", f"{args.videos} requested, {stats['videos_created']} created, {stored} MP4s stored"),
-        ("POSTs per video", f"{stats['posts'] / max(stats['videos_created'], 1):.2f}"),
-        ("wall time (trigger to run end)", f"{wall:.1f} s ({args.generation_seconds:g} s per render)"),
-        ("most videos deferred at once", f"{peak.deferred}"),
-        ("triggerer RSS idle / peak", f"{idle.rss_bytes / mib:.0f} / {peak.rss_bytes / mib:.0f} MiB"),
-        ("triggerer PSS idle / peak", f"{idle_pss / mib:.0f} / {peak.pss_bytes / mib:.0f} MiB"),
-        ("triggerer CPU during the run", f"{used.cpu_seconds - idle.cpu_seconds:.1f} s"),
-        ("triggerer CPU when idle", f"{idle_cpu_rate * wall:.1f} s per {wall:.0f} s"),
-        ("status GETs", f"{stats['gets']} ({stats['gets'] / max(stats['videos_created'], 1):.1f} per video)"),
-        ("parallelism / cores", f"{args.parallelism} / {os.cpu_count()}"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
-    ok = state == "success" and stats["posts"] == stats["videos_created"] == stored == args.videos
-    return 0 if ok else 1
+    instances = airflow.api.task_instances(dag_id, run_id)
+    resumes = len(
+        list((airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").rglob("*.trigger.*.log"))
+    )
+    return Result(
+        state=state,
+        wall=wall,
+        created=stats["videos_created"],
+        stored=len(list(airflow.videos.glob("*.mp4"))),
+        posts=stats["posts"],
+        gets=stats["gets"],
+        task_runs=sum(int(ti["try_number"]) for ti in instances) + resumes,
+        deferred=peak.deferred,
+        triggerer_cpu=used.cpu_seconds - before.cpu_seconds,
+        pss_bytes=peak.pss_bytes,
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ was lost (then its task must fail loudly).
 
     .venv/bin/python -m benchmarks.soak                  # 500 videos, 20 % of requests faulted
     .venv/bin/python -m benchmarks.soak --videos 100 --fault-rate 0.3 --seed 7
+    .venv/bin/python -m benchmarks.soak --batch-size 100   # GenerateVideosOperator, 5 batches of 100
 
 The driver, :func:`tests.support.soak.run_soak`, is the one ``tests/test_soak.py`` runs at CI size.
 """
@@ -21,7 +22,7 @@ from benchmarks.common.environment import prepare_airflow_environment
 from benchmarks.common.proc import load_average
 from benchmarks.common.product import product_fingerprint
 from benchmarks.common.simulator import SimulatorProcess
-from tests.support.soak import CONN_ID, SoakConfig, run_soak
+from tests.support.soak import CONN_ID, BatchSoakReport, SoakConfig, SoakReport, run_batch_soak, run_soak
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
         "--unambiguous-posts",
         action="store_true",
         help="POSTs meet only faults that say no work was done (429, 5xx), never a reset or timeout",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="run GenerateVideosOperator in batches of this many videos (0: a submit and a download task "
+        "per video); --concurrency then counts batches",
     )
     parser.add_argument(
         "--content-downloads",
@@ -62,8 +70,14 @@ def main() -> int:
         # Before Airflow is first imported (by run_soak): its home, quiet logs, and the connection.
         os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
         prepare_airflow_environment(Path(scratch) / "airflow", {CONN_ID: simulator.control.connection})
-        print(f"product: {product_fingerprint('hooks/octopusx.py', 'operators/octopusx.py')}", flush=True)
-        report = run_soak(simulator.control.api_url, config, Path(scratch) / "videos")
+        product = product_fingerprint("hooks/octopusx.py", "operators/octopusx.py", "operators/batch.py")
+        print(f"product: {product}", flush=True)
+        folder = Path(scratch) / "videos"
+        report: SoakReport | BatchSoakReport = (
+            run_batch_soak(simulator.control.api_url, config, folder, args.batch_size)
+            if args.batch_size
+            else run_soak(simulator.control.api_url, config, folder)
+        )
         print(report.format())
         print(f"  machine: {load_average()}")
     return 1 if report.problems() else 0

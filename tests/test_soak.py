@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.support.soak import (
     TaskRun,
     Triggerer,
     hooks_time_out_after,
+    run_batch_soak,
     run_soak,
 )
 
@@ -151,3 +153,16 @@ def test_an_ambiguous_submission_fails_loudly_and_is_not_sent_again(
         except TaskFailed:
             ended = "failed"
     assert (octopusx_conn.stats.videos_created, ended, task.tries) == (1, "failed", 1)
+
+
+def test_a_batch_soak_stores_every_video_once_or_reports_why(
+    octopusx_simulator_session: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GenerateVideosOperator under the same random faults: 40 videos in batches of 10, 4 at a time."""
+    monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_simulator_session))
+    config = replace(CI_SOAK, concurrency=4)
+    report = run_batch_soak(octopusx_simulator_session.api_url, config, tmp_path, batch_size=10)
+    print(f"\n{report.format()}")
+    assert report.problems() == {}
+    assert report.stats["faults_fired"] > 0
+    octopusx_simulator_session.reset()

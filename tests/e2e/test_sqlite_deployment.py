@@ -22,6 +22,7 @@ EXAMPLES: dict[str, tuple[int, tuple[str, ...]]] = {
     "example_octopusx_submit_then_sense": (1, ("wait_for_video",)),
 }
 MAPPED = "octopusx_e2e_mapped"
+BATCH = "octopusx_e2e_batch"
 RESUME = "octopusx_e2e_resume"
 
 
@@ -101,3 +102,22 @@ def test_killed_worker_task_is_retried_and_resumes_the_same_video(
     assert deployment.api.xcom(RESUME, run_id, "submit_video") == submitted.group(1)
     stats = simulator.stats()
     assert stats["posts"] == stats["videos_created"] == 1
+
+
+def test_a_batch_waits_in_one_trigger_and_stores_every_video_once(
+    deployment: Deployment, simulator: SimulatorProcess, videos: Path
+) -> None:
+    simulator.configure(generation_seconds=6)
+    run_id = deployment.trigger(BATCH, {"videos": 6})
+    holders = deployment.wait_for_deferred(BATCH, run_id, "generate_videos", count=1)
+
+    assert deployment.wait_for_run(BATCH, run_id, timeout=180) == "success"
+    [job] = set(holders.values())
+    trigger_log = deployment.task_log(BATCH, run_id, "generate_videos", triggerer_job=job)
+    assert "6/6 completed, 0 failed, 0 rendering" in trigger_log
+    results = deployment.api.xcom(BATCH, run_id, "generate_videos")
+    assert [result["status"] for result in results] == ["stored"] * 6
+    # Two task runs for six videos: one try, deferred once.
+    [only_try] = deployment.api.tries(BATCH, run_id, "generate_videos")
+    assert only_try["try_number"] == 1
+    assert_one_post_per_playable_video(simulator, videos, 6)

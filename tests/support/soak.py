@@ -530,3 +530,160 @@ def run_soak(api_url: str, config: SoakConfig, folder: Path) -> SoakReport:
         http_retries=http_retries.count,
         wall_seconds=wall,
     )
+
+
+@dataclass
+class BatchSoakReport:
+    """A soak of ``GenerateVideosOperator``: each request's final record, and the guarantees it broke."""
+
+    config: SoakConfig
+    batch_size: int
+    records: list[dict[str, Any] | None]
+    tasks: list[TaskRun]
+    stats: dict[str, Any]
+    created: list[dict[str, Any]]
+    byte_exact: int
+    leftovers: list[str]
+    wall_seconds: float
+
+    @property
+    def stored(self) -> int:
+        return sum(record is not None and record["status"] == "stored" for record in self.records)
+
+    def reasons(self) -> collections.Counter[str]:
+        """Why requests ended unstored, by status and code ("unrecorded" if nothing says why)."""
+        return collections.Counter(
+            "unrecorded" if record is None else f"{record['status']}: {(record['error'] or {}).get('code')}"
+            for record in self.records
+            if record is None or record["status"] != "stored"
+        )
+
+    def problems(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        if "unrecorded" in self.reasons():
+            found["every video stored or reported"] = (
+                f"{self.reasons()['unrecorded']} requests have no record"
+            )
+        ambiguous = self.reasons()["not_submitted: ambiguous_submission"]
+        if self.stored + ambiguous != self.config.videos:
+            found["every video stored"] = (
+                f"{self.stored} stored, {ambiguous} ambiguous: {dict(self.reasons())}"
+            )
+        if self.byte_exact != self.stored:
+            found["stored videos byte-exact"] = f"{self.byte_exact} of {self.stored} match the served bytes"
+        duplicated = [p for p, n in collections.Counter(v["prompt"] for v in self.created).items() if n > 1]
+        if duplicated:
+            found["one video per request"] = f"{len(duplicated)} prompts made twice, e.g. {duplicated[0]!r}"
+        if len(self.created) != self.stored:
+            found["videos created == videos stored"] = f"{len(self.created)} created, {self.stored} stored"
+        if self.leftovers:
+            found["no partial files"] = f"{len(self.leftovers)} stray files, e.g. {self.leftovers[0]}"
+        if self.stats["cdn_authorization_headers"]:
+            found["no key to the CDN"] = (
+                f"{len(self.stats['cdn_authorization_headers'])} Authorization headers"
+            )
+        if any(count != 1 for task in self.tasks for count in task.trigger_events):
+            found["one event per trigger run"] = "a batch trigger run did not yield exactly one event"
+        return found
+
+    def format(self) -> str:
+        c = self.config
+        stored = max(self.stored, 1)
+        rows = [
+            ("videos / batches", f"{c.videos} / {len(self.tasks)} of {self.batch_size}"),
+            ("videos stored, byte-exact", f"{self.stored}, {self.byte_exact}"),
+            ("videos created per stored video", f"{len(self.created) / stored:.2f}"),
+            ("POSTs per stored video (refused ones included)", f"{self.stats['posts'] / stored:.2f}"),
+            ("task tries (batches)", str(sum(task.tries for task in self.tasks))),
+            ("trigger runs (deferrals)", str(sum(len(task.trigger_events) for task in self.tasks))),
+            (
+                "not stored, by reason",
+                ", ".join(f"{k} x{n}" for k, n in sorted(self.reasons().items())) or "none",
+            ),
+            ("faults fired", str(self.stats["faults_fired"])),
+            ("wall time", f"{self.wall_seconds:.1f} s"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        lines = [
+            f"Batch soak: {c.videos} videos in batches of {self.batch_size}, {c.fault_rate:.0%} of requests "
+            f"faulted (seed {c.fault_seed}), retries={c.task_retries}"
+        ]
+        lines += [f"  {name:<{width}}  {value}" for name, value in rows]
+        problems = self.problems()
+        lines.append("  guarantees: " + ("all held" if not problems else "BROKEN"))
+        lines += [f"    - {name}: {detail}" for name, detail in problems.items()]
+        return "\n".join(lines)
+
+
+def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: int) -> BatchSoakReport:
+    """``config.videos`` videos through ``GenerateVideosOperator`` in batches of ``batch_size``, each batch
+    one task with ``config.task_retries`` retries; the batches run ``config.concurrency`` at a time.
+
+    A request's final state is read from the task state store, which keeps it until the task succeeds;
+    a task that succeeded returned every request's result instead.
+    """
+    from airflow_octopusx.operators.batch import BATCH_STATE_KEY, GenerateVideosOperator
+
+    controls = SimulatorControls(api_url)
+    controls.reset()
+    controls.configure(config.simulator_settings())
+    folder.mkdir(parents=True, exist_ok=True)
+    batches = [
+        list(range(start, min(start + batch_size, config.videos)))
+        for start in range(0, config.videos, batch_size)
+    ]
+    tasks = [TaskRun("generate_videos", config.task_retries, config.retry_delay) for _ in batches]
+
+    def run_batch(number: int) -> list[dict[str, Any] | None]:
+        requests = [
+            {"prompt": f"Soak video {i}: a paper boat drifting down a rainy street"} for i in batches[number]
+        ]
+        task = tasks[number]
+        try:
+            results = task.run(
+                lambda: GenerateVideosOperator(
+                    task_id="generate_videos",
+                    requests=requests,
+                    defaults={"seconds": 4},
+                    destination=f"{folder}/",
+                    octopusx_conn_id=CONN_ID,
+                    deferrable=True,
+                    poll_interval=config.poll_interval,
+                    timeout=config.wait_timeout,
+                ),
+                triggerer,
+            )
+        except TaskFailed:
+            return [task.store.values.get(f"{BATCH_STATE_KEY}{index}") for index in range(len(requests))]
+        return list(results)
+
+    started = time.monotonic()
+    with (
+        hooks_time_out_after(config.client_timeout),
+        Triggerer() as triggerer,
+        ThreadPoolExecutor(config.concurrency, thread_name_prefix="soak-batch") as workers,
+    ):
+        records = [record for batch in workers.map(run_batch, range(len(batches))) for record in batch]
+    wall = time.monotonic() - started
+    digest = hashlib.sha256(expected_video(config.video_size_bytes)).digest()
+    stored = [
+        Path(record["uri"].removeprefix("file://"))
+        for record in records
+        if record and record["status"] == "stored"
+    ]
+    byte_exact = sum(
+        path.is_file() and hashlib.sha256(path.read_bytes()).digest() == digest for path in stored
+    )
+    wanted = {path.name for path in stored}
+    leftovers = sorted(str(path) for path in folder.rglob("*") if path.is_file() and path.name not in wanted)
+    return BatchSoakReport(
+        config=config,
+        batch_size=batch_size,
+        records=records,
+        tasks=tasks,
+        stats=controls.stats(),
+        created=controls.videos(),
+        byte_exact=byte_exact,
+        leftovers=leftovers,
+        wall_seconds=wall,
+    )
