@@ -7,15 +7,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
 
 from airflow_octopusx.exceptions import OctopusXError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, BatchWatch
 from airflow_octopusx.models import VideoTask
+from airflow_octopusx.triggers.octopusx import PollingTrigger
 
 
-class VideoBatchTrigger(BaseTrigger):
+class VideoBatchTrigger(PollingTrigger):
     """Poll every unfinished video of a batch until all are finished or the deadline passes; one event.
 
     Finished videos are not polled again. All polls go through the triggerer's shared client for the
@@ -28,6 +29,8 @@ class VideoBatchTrigger(BaseTrigger):
     :param deadline: Unix time after which the wait ends; unfinished videos are reported as ``timeout``.
     """
 
+    arguments = ("video_ids", *PollingTrigger.arguments)
+
     def __init__(
         self,
         video_ids: list[str],
@@ -36,24 +39,8 @@ class VideoBatchTrigger(BaseTrigger):
         deadline: float,
         max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
     ) -> None:
-        super().__init__()
+        super().__init__(octopusx_conn_id, poll_interval, deadline, max_poll_errors)
         self.video_ids = list(video_ids)
-        self.octopusx_conn_id = octopusx_conn_id
-        self.poll_interval = poll_interval
-        self.deadline = deadline
-        self.max_poll_errors = max_poll_errors
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "video_ids": self.video_ids,
-                "octopusx_conn_id": self.octopusx_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "max_poll_errors": self.max_poll_errors,
-            },
-        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:

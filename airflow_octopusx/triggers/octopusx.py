@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -19,7 +19,39 @@ from airflow_octopusx.models import VideoTask
 EVENT_STATUSES: Final = ("success", "failed", "timeout", "error")
 
 
-class VideoTaskTrigger(BaseTrigger):
+class PollingTrigger(BaseTrigger):
+    """What every OctopusX trigger holds: plain values only, never the key, so that it survives
+    serialisation and triggerer restarts (the deadline is absolute for the same reason).
+
+    ``arguments`` names the attributes that are its serialised form, and its constructor's arguments.
+    """
+
+    arguments: ClassVar[tuple[str, ...]] = (
+        "octopusx_conn_id",
+        "poll_interval",
+        "deadline",
+        "max_poll_errors",
+    )
+
+    def __init__(
+        self,
+        octopusx_conn_id: str,
+        poll_interval: float,
+        deadline: float,
+        max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
+    ) -> None:
+        super().__init__()
+        self.octopusx_conn_id = octopusx_conn_id
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self.max_poll_errors = max_poll_errors
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        classpath = f"{type(self).__module__}.{type(self).__qualname__}"
+        return classpath, {name: getattr(self, name) for name in self.arguments}
+
+
+class VideoTaskTrigger(PollingTrigger):
     """Poll one video until it is completed or failed, or the deadline passes, then fire one event.
 
     Holds only plain values (never the key), so it survives serialisation and triggerer restarts; the
@@ -33,6 +65,8 @@ class VideoTaskTrigger(BaseTrigger):
         up; authentication and not-found errors end the wait at once.
     """
 
+    arguments = ("video_id", *PollingTrigger.arguments)
+
     def __init__(
         self,
         video_id: str,
@@ -41,24 +75,8 @@ class VideoTaskTrigger(BaseTrigger):
         deadline: float,
         max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
     ) -> None:
-        super().__init__()
+        super().__init__(octopusx_conn_id, poll_interval, deadline, max_poll_errors)
         self.video_id = video_id
-        self.octopusx_conn_id = octopusx_conn_id
-        self.poll_interval = poll_interval
-        self.deadline = deadline
-        self.max_poll_errors = max_poll_errors
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "video_id": self.video_id,
-                "octopusx_conn_id": self.octopusx_conn_id,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "max_poll_errors": self.max_poll_errors,
-            },
-        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch: VideoWatch | None = None
