@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 #: Task state store key of one request's record; the index follows. A record is one small value, so a
 #: retry finds each accepted id without reading the others'.
 BATCH_STATE_KEY = "octopusx_batch_"
+#: Where the records wait out a deferral on Airflow without a task state store (before 3.3).
+RECORDS_XCOM_KEY = "octopusx_batch_records"
 #: Failures listed in full in the task's error; the rest are counted.
 SHOWN_FAILURES = 5
 
@@ -135,6 +137,9 @@ class GenerateVideosOperator(BaseOperator):
         rendering = records.rendering()
         deadline = time.time() + self.timeout
         if rendering and self.deferrable:
+            if context.get("task_state_store") is None:
+                # Before Airflow 3.3 the records cross the deferral in XCom (of this try only).
+                context["ti"].xcom_push(key=RECORDS_XCOM_KEY, value=records.as_list())
             self.defer(
                 trigger=VideoBatchTrigger(
                     video_ids=rendering,
@@ -143,7 +148,6 @@ class GenerateVideosOperator(BaseOperator):
                     deadline=deadline,
                 ),
                 method_name="execute_complete",
-                kwargs={"records": records.as_list()},
             )
         with OctopusXHook(self.octopusx_conn_id) as hook:
             waited = (
@@ -153,14 +157,16 @@ class GenerateVideosOperator(BaseOperator):
             )
         return self._store(context, records, waited)
 
-    def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, records: list[Any] | None = None
-    ) -> list[dict[str, Any]]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if not event or event.get("status") != "done" or not isinstance(event.get("videos"), dict):
             # A retry resumes every recorded video; nothing is submitted twice.
             raise AirflowException(f"Waiting for the batch failed: {(event or {}).get('message', event)!r}")
+        carried = None
+        if context.get("task_state_store") is None:
+            ti = context["ti"]
+            carried = ti.xcom_pull(task_ids=ti.task_id, key=RECORDS_XCOM_KEY, map_indexes=ti.map_index)
         fingerprints = [request.fingerprint() for request in self._checked_requests()]
-        return self._store(context, _Records(context, fingerprints, self.log, records), event["videos"])
+        return self._store(context, _Records(context, fingerprints, self.log, carried), event["videos"])
 
     def _checked_requests(self) -> list[VideoRequest]:
         """Every request checked before any is sent; the first bad one fails the task, naming it."""
@@ -306,7 +312,7 @@ class _Records:
     A record: ``request`` (the fingerprint of the request it was made for), ``video_id``, ``status``
     (``rendering``, ``completed``, ``stored``, ``failed``, ``timeout``, ``not_submitted``), ``uri`` and
     ``error``. A record made for another request than the one now at its index is ignored. ``carried``
-    are the records a deferral passed on to its resumption (the only copy before Airflow 3.3).
+    are the records a deferral passed on to its resumption in XCom (the only copy before Airflow 3.3).
     """
 
     def __init__(

@@ -110,6 +110,16 @@ SUBMISSION_STATE_KEY = "octopusx_submission"
 DEFAULT_MAP_INDEX_TEMPLATE = "{{ task.map_index_label }}"
 
 
+def label_if_mapped(context: Context) -> None:
+    """Label a mapped task by its prompt where ``.partial()`` did not take the default (Airflow < 3.3).
+
+    Airflow renders the label from the context as the try ends; a DAG's own template is left alone.
+    """
+    map_index = context["ti"].map_index
+    if map_index is not None and map_index >= 0 and context.get("map_index_template") is None:
+        context["map_index_template"] = DEFAULT_MAP_INDEX_TEMPLATE
+
+
 def _label(text: str) -> str:
     return excerpt(" ".join(text.split()), 80)
 
@@ -229,6 +239,7 @@ class SubmitVideoOperator(BaseOperator):
         return {name: getattr(self, name) for name in REQUEST_FIELDS}
 
     def execute(self, context: Context) -> str:
+        label_if_mapped(context)
         try:
             request = VideoRequest.build(
                 **with_files_inlined(self._fields(), file_reader(self.input_conn_id))
@@ -314,6 +325,7 @@ class SubmitVideoOperator(BaseOperator):
         return video
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        label_if_mapped(context)
         try:
             video_id = video_id_from_event(event)
         except VideoFailedError as error:
@@ -442,6 +454,7 @@ class DownloadVideoOperator(BaseOperator):
         return _label(self._prompt or str(self.video_id))
 
     def execute(self, context: Context) -> str:
+        label_if_mapped(context)
         try:
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:

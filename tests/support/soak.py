@@ -93,6 +93,7 @@ class SoakTaskInstance:
     def __init__(self, task_id: str, try_number: int) -> None:
         self.task_id = task_id
         self.try_number = try_number
+        self.map_index = -1
         self.xcom: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:

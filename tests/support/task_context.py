@@ -14,6 +14,7 @@ class RecordingTaskInstance:
 
     def __init__(self) -> None:
         self.xcom: dict[str, Any] = {}
+        self.map_index = -1
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
