@@ -1,5 +1,5 @@
 """Asset-driven post-processing: every stored video is announced through the ``octopusx_videos`` asset
-alias as an event of its folder's asset, with the file's URI and the video's metadata, and a second
+alias as an event of the file's own asset, with its URI and the video's metadata, and a second
 DAG, scheduled on that alias, writes a JSON sidecar next to each new MP4 (where a real pipeline would
 transcode, caption or publish it).
 """

@@ -489,8 +489,9 @@ def announce_stored_video(
 ) -> None:
     """Attach the video's metadata to the asset event of each outlet this operator declared itself.
 
-    Through an alias the event goes to the folder's asset, not to one asset per file: one row in the
-    asset views for a folder that gains a video per run, each event saying which file and video.
+    Through an alias the event goes to the stored file's own asset. Not to the folder's: Airflow 3.3.2
+    fails a task whose alias event creates an asset that another task creates at the same moment (a
+    unique-constraint race), which two downloads into a new folder hit.
     """
     video = downloaded.video
     uri = plain_uri(target)
@@ -506,7 +507,7 @@ def announce_stored_video(
     extra = {key: value for key, value in described.items() if value is not None}
     for outlet in outlets:
         if isinstance(outlet, AssetAlias):
-            context["outlet_events"][outlet].add(Asset(plain_uri(target.parent)), extra=extra)
+            context["outlet_events"][outlet].add(Asset(uri), extra=extra)
         elif isinstance(outlet, Asset) and outlet.uri == uri:
             context["outlet_events"][outlet].extra.update(extra)
 

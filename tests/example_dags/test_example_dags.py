@@ -66,9 +66,9 @@ def announced_uris(run: Any) -> list[str]:
 
     with create_session() as session:
         events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run.run_id)).all()
-        # One asset per folder; each event names the file it stored.
+        # One asset per stored file, whose event also names it in its extra.
         for event in events:
-            assert event.asset.uri == event.extra["uri"].rsplit("/", 1)[0]
+            assert event.asset.uri == event.extra["uri"]
         return [event.extra["uri"] for event in events]
 
 
@@ -167,8 +167,7 @@ def test_the_asset_consumer_annotates_each_new_video(
     with create_session() as session:
         events = session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == producer.run_id)).all()
         [event] = events
-        assert event.asset.uri == output_dir.as_uri()
-        assert event.extra["uri"] == video.as_uri()
+        assert event.asset.uri == event.extra["uri"] == video.as_uri()
         assert event.extra["video_id"] == video.stem
         assert event.extra["bytes"] == video.stat().st_size
         # What the scheduler hands the consumer DAG when it runs for this event.

@@ -31,9 +31,7 @@ def test_a_folder_destination_is_announced_through_the_alias(
     uri = task.execute(context)
 
     [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
-    # The folder is the asset; the event says which file and video it gained.
-    assert event.dest_asset_key.uri == tmp_path.as_uri()
-    assert uri == (tmp_path / f"{video_id}.mp4").as_uri()
+    assert event.dest_asset_key.uri == uri == (tmp_path / f"{video_id}.mp4").as_uri()
     assert event.extra == {
         "uri": uri,
         "video_id": video_id,

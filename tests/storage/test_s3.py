@@ -294,8 +294,7 @@ def test_a_folder_destination_is_announced_with_its_s3_uri(
     uri = task.execute(context)
 
     [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
-    assert event.dest_asset_key.uri == bucket.uri("videos")
-    assert event.extra["uri"] == uri == bucket.uri(f"videos/{video_id}.mp4")
+    assert event.dest_asset_key.uri == event.extra["uri"] == uri == bucket.uri(f"videos/{video_id}.mp4")
     assert event.extra["video_id"] == video_id
     assert event.extra["bytes"] == len(sample_mp4())
 
