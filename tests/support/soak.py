@@ -402,14 +402,7 @@ class SoakReport:
                 f"{len(self.duplicated_tasks)} tasks created more than one video, "
                 f"e.g. {self.duplicated_tasks[0]!r} x{self.created_per_prompt[self.duplicated_tasks[0]]}"
             )
-        if len(self.created) != self.stored:
-            found["videos created == videos stored"] = f"{len(self.created)} created, {self.stored} stored"
-        if self.leftovers:
-            found["no partial files"] = f"{len(self.leftovers)} stray files, e.g. {self.leftovers[0]}"
-        if self.stats["cdn_authorization_headers"]:
-            found["no key to the CDN"] = (
-                f"{len(self.stats['cdn_authorization_headers'])} Authorization headers"
-            )
+        found.update(_store_problems(len(self.created), self.stored, self.leftovers, self.stats))
         if self.odd_trigger_runs:
             found["one event per trigger run"] = (
                 f"{self.odd_trigger_runs} trigger runs did not yield one event"
@@ -575,14 +568,7 @@ class BatchSoakReport:
         duplicated = [p for p, n in collections.Counter(v["prompt"] for v in self.created).items() if n > 1]
         if duplicated:
             found["one video per request"] = f"{len(duplicated)} prompts made twice, e.g. {duplicated[0]!r}"
-        if len(self.created) != self.stored:
-            found["videos created == videos stored"] = f"{len(self.created)} created, {self.stored} stored"
-        if self.leftovers:
-            found["no partial files"] = f"{len(self.leftovers)} stray files, e.g. {self.leftovers[0]}"
-        if self.stats["cdn_authorization_headers"]:
-            found["no key to the CDN"] = (
-                f"{len(self.stats['cdn_authorization_headers'])} Authorization headers"
-            )
+        found.update(_store_problems(len(self.created), self.stored, self.leftovers, self.stats))
         if any(count != 1 for task in self.tasks for count in task.trigger_events):
             found["one event per trigger run"] = "a batch trigger run did not yield exactly one event"
         return found
@@ -688,3 +674,15 @@ def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: i
         leftovers=leftovers,
         wall_seconds=wall,
     )
+
+
+def _store_problems(created: int, stored: int, leftovers: list[str], stats: dict[str, Any]) -> dict[str, str]:
+    """The guarantees both soaks share: one video made per video stored, no stray files, no key to the CDN."""
+    found: dict[str, str] = {}
+    if created != stored:
+        found["videos created == videos stored"] = f"{created} created, {stored} stored"
+    if leftovers:
+        found["no partial files"] = f"{len(leftovers)} stray files, e.g. {leftovers[0]}"
+    if stats["cdn_authorization_headers"]:
+        found["no key to the CDN"] = f"{len(stats['cdn_authorization_headers'])} Authorization headers"
+    return found
