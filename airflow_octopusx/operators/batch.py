@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.common.compat.sdk import (
@@ -42,9 +42,14 @@ from airflow_octopusx.triggers.batch import VideoBatchTrigger
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-#: Task state store key of one request's record; the index follows. A record is one small value, so a
-#: retry finds each accepted id without reading the others'.
-BATCH_STATE_KEY = "octopusx_batch_"
+#: Task state store key of a page of records; the page number follows. A thousand videos take 40 reads
+#: and a few dozen writes where a key per record took thousands of round trips through the supervisor, and
+#: a page of the largest records stays under the 64 KB Airflow advises for a value.
+BATCH_STATE_KEY = "octopusx_batch_page_"
+PAGE_SIZE = 25
+#: A recorded error code and message are cut to this many characters (the task log has them whole).
+RECORDED_CODE_CHARS = 64
+RECORDED_MESSAGE_CHARS = 200
 #: Where the records wait out a deferral on Airflow without a task state store (before 3.3).
 RECORDS_XCOM_KEY = "octopusx_batch_records"
 #: Failures listed in full in the task's error; the rest are counted.
@@ -209,8 +214,10 @@ class GenerateVideosOperator(BaseOperator):
         ):
             gate = _SubmitGate(RetryPolicy(max_attempts=hook.endpoint.max_attempts))
             futures = {pool.submit(gate.submit, hook, requests[index]): index for index in missing}
-            for future in as_completed(futures):
-                records.submitted(futures[future], future)
+            for done in _finished_in_groups(futures):
+                for future in done:
+                    records.submitted(futures[future], future)
+                records.save()
 
     # -- second run (or the same, on a worker): store what completed -----------------------------------
 
@@ -223,6 +230,7 @@ class GenerateVideosOperator(BaseOperator):
             overwrite=self.overwrite,
         )
         records.finished(waited)
+        records.save()
         completed = records.completed()
         if completed:
             self.log.info("Downloading %d videos", len(completed))
@@ -234,11 +242,13 @@ class GenerateVideosOperator(BaseOperator):
                 pool.submit(self._download, hook, destination, video_id): index
                 for index, video_id in completed
             }
-            for future in as_completed(futures):
-                stored = records.stored(futures[future], future)
-                if stored is not None:
-                    announce_stored_video(context, self.outlets, *stored)
-        results = records.results()
+            for done in _finished_in_groups(futures):
+                for future in done:
+                    stored = records.stored(futures[future], future)
+                    if stored is not None:
+                        announce_stored_video(context, self.outlets, *stored)
+                records.save()
+        results = records.results(lambda video_id: plain_uri(destination.location(video_id)))
         self._report(results)
         records.forget_all()
         return results
@@ -246,7 +256,12 @@ class GenerateVideosOperator(BaseOperator):
     def _download(
         self, hook: OctopusXHook, destination: VideoDestination, video_id: str
     ) -> tuple[ObjectStoragePath, DownloadedVideo]:
-        target = destination.path_for(video_id)
+        target = destination.location(video_id)
+        if not self.overwrite and target.exists():
+            # Named after its id, so it is this video: an earlier try stored it and was stopped before
+            # recording that. Its asset event was lost with that try, so it is announced now.
+            self.log.info("Video %s is already stored at %s (by an earlier try)", video_id, plain_uri(target))
+            return target, DownloadedVideo(hook.get_video(video_id), target.stat().st_size)
         with destination.open(target) as file:
             downloaded = hook.download_video(
                 video_id, file, max_bytes=self.max_bytes, timeout=DEFAULT_DOWNLOAD_TIMEOUT
@@ -270,6 +285,14 @@ class GenerateVideosOperator(BaseOperator):
             + "\n".join(lines)
             + more
         )
+
+
+def _finished_in_groups(futures: Iterable[Future[Any]]) -> Iterator[set[Future[Any]]]:
+    """Futures as they finish, each time all that have finished by then, so one save covers them all."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        yield done
 
 
 def _is_folder(destination: str | ObjectStoragePath) -> bool:
@@ -307,12 +330,16 @@ class _SubmitGate:
 
 
 class _Records:
-    """Each request's state, kept in the task state store as it changes, so any try can resume.
+    """Each request's state, kept in the task state store, so any try can resume.
 
     A record: ``request`` (the fingerprint of the request it was made for), ``video_id``, ``status``
-    (``rendering``, ``completed``, ``stored``, ``failed``, ``timeout``, ``not_submitted``), ``uri`` and
-    ``error``. A record made for another request than the one now at its index is ignored. ``carried``
-    are the records a deferral passed on to its resumption in XCom (the only copy before Airflow 3.3).
+    (``rendering``, ``completed``, ``stored``, ``failed``, ``timeout``, ``not_submitted``) and ``error``
+    (``code``, ``message``, cut short). A record made for another request than the one now at its index
+    is ignored. ``carried`` are the records a deferral passed on to its resumption in XCom (the only copy
+    before Airflow 3.3).
+
+    Records live in pages of ``PAGE_SIZE`` under one key each. Changes are kept in memory until
+    ``save()``, which the operator calls as soon as each group of submissions or downloads is in.
     """
 
     def __init__(
@@ -322,13 +349,9 @@ class _Records:
         self._log = log
         self._fingerprints = fingerprints
         self._records: list[dict[str, Any] | None] = [None] * len(fingerprints)
-        for index, fingerprint in enumerate(fingerprints):
-            if carried is not None and index < len(carried):
-                record = carried[index]
-            elif self._store is not None:
-                record = self._store.get(f"{BATCH_STATE_KEY}{index}")
-            else:
-                record = None
+        self._unsaved_pages: set[int] = set()
+        found = carried if carried is not None else recorded(self._store, len(fingerprints))
+        for index, (fingerprint, record) in enumerate(zip(fingerprints, found, strict=False)):
             if isinstance(record, dict) and record.get("request") == fingerprint:
                 self._records[index] = record
         if self._store is None and carried is None:
@@ -340,14 +363,21 @@ class _Records:
         if resumed and carried is None:
             log.info("Resuming %d of %d videos from an earlier try", resumed, len(fingerprints))
 
+    def save(self) -> None:
+        """Write the pages changed since the last save (a few round trips, however many records)."""
+        if self._store is not None:
+            for page in sorted(self._unsaved_pages):
+                records: list[Any] = self._records[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
+                self._store.set(f"{BATCH_STATE_KEY}{page}", records)
+        self._unsaved_pages.clear()
+
     def as_list(self) -> list[dict[str, Any] | None]:
         return list(self._records)
 
     def _set(self, index: int, video_id: str | None, status: str, **more: Any) -> None:
         record = {"request": self._fingerprints[index], "video_id": video_id, "status": status}
-        self._records[index] = record | {"uri": None, "error": None} | more
-        if self._store is not None:
-            self._store.set(f"{BATCH_STATE_KEY}{index}", self._records[index])
+        self._records[index] = record | {"error": None} | more
+        self._unsaved_pages.add(index // PAGE_SIZE)
 
     def forget_failed(self) -> None:
         """Drop records of videos the API failed for a passing reason, so that they are submitted anew."""
@@ -397,11 +427,7 @@ class _Records:
             if record is None or outcome is None or record["status"] == "stored":
                 continue
             status = str(outcome.get("status"))
-            error = (
-                None
-                if status == "completed"
-                else {"code": outcome.get("code"), "message": outcome.get("message")}
-            )
+            error = None if status == "completed" else _error(outcome.get("code"), outcome.get("message"))
             self._set(index, record["video_id"], status, error=error)
 
     def completed(self) -> list[tuple[int, str]]:
@@ -422,21 +448,21 @@ class _Records:
             # Left "completed": a retry downloads it again, and never submits it again.
             self._set(index, video_id, "completed", error=_error("download_failed", error))
             return None
-        self._set(index, video_id, "stored", uri=plain_uri(target))
+        self._set(index, video_id, "stored")
         return target, downloaded
 
-    def results(self) -> list[dict[str, Any]]:
+    def results(self, uri_of: Callable[[str], str]) -> list[dict[str, Any]]:
         """One per request, in order; a video left completed but unstored is reported ``failed``."""
         results = []
         for index, record in enumerate(self._records):
-            record = record or {"video_id": None, "status": "not_submitted", "uri": None, "error": None}
+            record = record or {"video_id": None, "status": "not_submitted", "error": None}
             status = {"rendering": "timeout", "completed": "failed"}.get(record["status"], record["status"])
             results.append(
                 {
                     "index": index,
                     "video_id": record["video_id"],
                     "status": status,
-                    "uri": record["uri"],
+                    "uri": uri_of(record["video_id"]) if status == "stored" else None,
                     "error": record["error"],
                 }
             )
@@ -445,9 +471,26 @@ class _Records:
     def forget_all(self) -> None:
         """The task succeeded: clearing it later makes a new batch, as with ``SubmitVideoOperator``."""
         if self._store is not None:
-            for index in range(len(self._records)):
-                self._store.delete(f"{BATCH_STATE_KEY}{index}")
+            for page in range(_page_count(len(self._records))):
+                self._store.delete(f"{BATCH_STATE_KEY}{page}")
 
 
-def _error(code: str | None, error: BaseException) -> dict[str, Any]:
-    return {"code": code, "message": str(error)}
+def recorded(store: Any, count: int) -> list[Any]:
+    """The records of a batch of ``count`` requests in a task state store, ``None`` where there is none."""
+    found: list[Any] = []
+    for page in range(_page_count(count) if store is not None else 0):
+        records = store.get(f"{BATCH_STATE_KEY}{page}")
+        found += ((records if isinstance(records, list) else []) + [None] * PAGE_SIZE)[:PAGE_SIZE]
+    return found[:count]
+
+
+def _page_count(count: int) -> int:
+    return -(-count // PAGE_SIZE)
+
+
+def _error(code: Any, message: Any) -> dict[str, Any]:
+    """An error as recorded and returned: cut short, so a page of records stays small."""
+    return {
+        "code": None if code is None else str(code)[:RECORDED_CODE_CHARS],
+        "message": None if message is None else str(message)[:RECORDED_MESSAGE_CHARS],
+    }

@@ -41,6 +41,15 @@ class VideoDestination:
 
     def path_for(self, video_id: str) -> ObjectStoragePath:
         """The file ``video_id`` is stored at; refused at once if it exists and may not be replaced."""
+        target = self.location(video_id)
+        if not self.overwrite and target.exists():
+            raise AirflowFailException(
+                f"{plain_uri(target)} already exists; pass overwrite=True to replace it"
+            )
+        return target
+
+    def location(self, video_id: str) -> ObjectStoragePath:
+        """The file ``video_id`` is stored at, whether or not something is there."""
         destination = self.destination
         folder = (
             destination.endswith("/")
@@ -54,12 +63,7 @@ class VideoDestination:
             destination = ObjectStoragePath(destination, conn_id=self.conn_id)
         if folder or destination.is_dir():
             destination = destination / f"{file_name(video_id)}.mp4"
-        target = destination
-        if not self.overwrite and target.exists():
-            raise AirflowFailException(
-                f"{plain_uri(target)} already exists; pass overwrite=True to replace it"
-            )
-        return target
+        return destination
 
     @contextmanager
     def open(self, target: ObjectStoragePath) -> Iterator[IO[bytes]]:

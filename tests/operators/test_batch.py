@@ -3,14 +3,23 @@ results in request order, failures after storing the rest."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, TaskDeferred
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AssetAlias,
+    TaskDeferred,
+)
+from airflow.sdk.execution_time.context import OutletEventAccessors
 
-from airflow_octopusx.operators.octopusx import GenerateVideosOperator
+from airflow_octopusx.operators.batch import PAGE_SIZE, RECORDED_CODE_CHARS, RECORDED_MESSAGE_CHARS
+from airflow_octopusx.operators.octopusx import DEFAULT_ASSET_ALIAS, GenerateVideosOperator
 from airflow_octopusx.simulator import Fault, Simulator
+from airflow_octopusx.simulator.media import sample_mp4
 from airflow_octopusx.triggers.batch import VideoBatchTrigger
 
 
@@ -134,3 +143,77 @@ def test_a_429_is_waited_out_and_every_video_made_once(
     assert [result["status"] for result in results] == ["stored"] * 4
     assert octopusx_conn.stats.posts == 6
     assert octopusx_conn.stats.videos_created == 4
+
+
+def test_records_cost_a_few_store_round_trips_however_many_videos(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    store = context["task_state_store"]
+    written: list[int] = []
+    set_page = store.set
+
+    def set_and_measure(key: str, value: Any) -> None:
+        assert isinstance(value, list)
+        written.append(len(value))
+        set_page(key, value)
+
+    store.set = set_and_measure
+    prompts = [f"a paper boat, take {n}" for n in range(2 * PAGE_SIZE + 10)]
+
+    results = batch(tmp_path, prompts, max_concurrent_requests=16).execute(context)
+
+    assert [result["status"] for result in results] == ["stored"] * len(prompts)
+    # One read and one delete per page of records, never one per video.
+    assert store.calls["get"] == store.calls["delete"] == 3
+    assert max(written) <= PAGE_SIZE
+    # Writes follow groups of finished submissions and downloads: at most one per page per group.
+    assert store.calls["set"] <= 3 * (2 * len(prompts) + 1)
+    assert store.values == {}
+
+
+def test_a_page_of_the_largest_records_fits_the_stores_default_cap() -> None:
+    record = {
+        "request": "f" * 64,
+        "video_id": "v" * 200,  # the longest id the hook accepts
+        "status": "not_submitted",
+        "error": {"code": "\u00e9" * RECORDED_CODE_CHARS, "message": "\u00e9" * RECORDED_MESSAGE_CHARS},
+        "resend": True,
+    }
+    assert len(json.dumps([record] * PAGE_SIZE)) < 65535
+
+
+class WorkerKilled(BaseException):
+    """Ends a try where it stands, as a killed worker would (no ``except Exception`` catches it)."""
+
+
+def test_a_video_stored_by_a_try_killed_before_recording_it_is_not_fetched_again(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    store = context["task_state_store"]
+    save_page = store.set
+
+    def killed_when_recording_a_stored_video(key: str, value: Any) -> None:
+        if any(record and record["status"] == "stored" for record in value):
+            raise WorkerKilled
+        save_page(key, value)
+
+    store.set = killed_when_recording_a_stored_video
+    prompts = ["a fox", "a kite", "a lake"]
+    with pytest.raises(WorkerKilled):
+        batch(tmp_path, prompts).execute(context)
+    stored_files = sorted(path.name for path in (tmp_path / "videos").glob("*.mp4"))
+    assert stored_files  # stored, but recorded only as completed
+    fetched = octopusx_conn.stats.content_gets + octopusx_conn.stats.cdn_gets
+
+    store.set = save_page
+    context["outlet_events"] = OutletEventAccessors()  # the killed try's events died with it
+    results = batch(tmp_path, prompts).execute(context)
+
+    assert [result["status"] for result in results] == ["stored"] * 3
+    assert octopusx_conn.stats.posts == 3
+    # Files already there were taken as stored, and only the others were downloaded.
+    assert octopusx_conn.stats.content_gets + octopusx_conn.stats.cdn_gets == fetched + 3 - len(stored_files)
+    events = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
+    assert sorted(event.extra["video_id"] for event in events) == sorted(r["video_id"] for r in results)
+    found = [event for event in events if f"{event.extra['video_id']}.mp4" in stored_files]
+    assert {event.extra["bytes"] for event in found} == {len(sample_mp4())}

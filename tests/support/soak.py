@@ -609,7 +609,7 @@ def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: i
     A request's final state is read from the task state store, which keeps it until the task succeeds;
     a task that succeeded returned every request's result instead.
     """
-    from airflow_octopusx.operators.batch import BATCH_STATE_KEY, GenerateVideosOperator
+    from airflow_octopusx.operators.batch import GenerateVideosOperator, recorded
 
     controls = SimulatorControls(api_url)
     controls.reset()
@@ -641,7 +641,7 @@ def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: i
                 triggerer,
             )
         except TaskFailed:
-            return [task.store.values.get(f"{BATCH_STATE_KEY}{index}") for index in range(len(requests))]
+            return recorded(task.store, len(requests))
         return list(results)
 
     started = time.monotonic()
@@ -653,10 +653,9 @@ def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: i
         records = [record for batch in workers.map(run_batch, range(len(batches))) for record in batch]
     wall = time.monotonic() - started
     digest = hashlib.sha256(expected_video(config.video_size_bytes)).digest()
+    # A record from the task state store has no uri: the file is named after the video.
     stored = [
-        Path(record["uri"].removeprefix("file://"))
-        for record in records
-        if record and record["status"] == "stored"
+        folder / f"{record['video_id']}.mp4" for record in records if record and record["status"] == "stored"
     ]
     byte_exact = sum(
         path.is_file() and hashlib.sha256(path.read_bytes()).digest() == digest for path in stored

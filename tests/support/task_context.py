@@ -6,6 +6,7 @@ The tests and the benchmarks use these same stand-ins.
 from __future__ import annotations
 
 import collections
+import json
 from typing import Any
 
 
@@ -21,18 +22,26 @@ class RecordingTaskInstance:
 
 
 class MemoryTaskStateStore:
-    """Stands in for Airflow 3.3's ``context["task_state_store"]``, which outlives a task's tries."""
+    """Stands in for Airflow 3.3's ``context["task_state_store"]``, which outlives a task's tries.
+
+    Values go through JSON as in Airflow, and each call is counted: in a task run each is a round trip
+    through the task's supervisor to the API server.
+    """
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
+        self.calls: collections.Counter[str] = collections.Counter()
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
+        self.calls["get"] += 1
+        return json.loads(self.values[key]) if key in self.values else default
 
     def set(self, key: str, value: Any) -> None:
-        self.values[key] = value
+        self.calls["set"] += 1
+        self.values[key] = json.dumps(value)
 
     def delete(self, key: str) -> None:
+        self.calls["delete"] += 1
         self.values.pop(key, None)
 
 
