@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from airflow.providers.common.compat.sdk import (
     AirflowException,
     AirflowFailException,
+    Asset,
     AssetAlias,
     BaseOperator,
     conf,
@@ -24,7 +25,7 @@ from airflow_octopusx.exceptions import (
     RateLimitError,
     VideoFailedError,
 )
-from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
+from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy, is_transient_failure
 from airflow_octopusx.models import VideoRequest
 from airflow_octopusx.operators.octopusx import (
@@ -32,7 +33,6 @@ from airflow_octopusx.operators.octopusx import (
     DEFAULT_DOWNLOAD_TIMEOUT,
     DEFAULT_MAX_DOWNLOAD_BYTES,
     REQUEST_FIELDS,
-    announce_stored_video,
     file_reader,
     with_files_inlined,
 )
@@ -242,12 +242,12 @@ class GenerateVideosOperator(BaseOperator):
                 pool.submit(self._download, hook, destination, video_id): index
                 for index, video_id in completed
             }
+            stored = []
             for done in _finished_in_groups(futures):
-                for future in done:
-                    stored = records.stored(futures[future], future)
-                    if stored is not None:
-                        announce_stored_video(context, self.outlets, *stored)
+                stored += [target for future in done if (target := records.stored(futures[future], future))]
                 records.save()
+        if stored:
+            self._announce(context, stored)
         results = records.results(lambda video_id: plain_uri(destination.location(video_id)))
         self._report(results)
         records.forget_all()
@@ -255,18 +255,32 @@ class GenerateVideosOperator(BaseOperator):
 
     def _download(
         self, hook: OctopusXHook, destination: VideoDestination, video_id: str
-    ) -> tuple[ObjectStoragePath, DownloadedVideo]:
+    ) -> ObjectStoragePath:
         target = destination.location(video_id)
         if not self.overwrite and target.exists():
             # Named after its id, so it is this video: an earlier try stored it and was stopped before
-            # recording that. Its asset event was lost with that try, so it is announced now.
+            # recording that.
             self.log.info("Video %s is already stored at %s (by an earlier try)", video_id, plain_uri(target))
-            return target, DownloadedVideo(hook.get_video(video_id), target.stat().st_size)
+            return target
         with destination.open(target) as file:
-            downloaded = hook.download_video(
-                video_id, file, max_bytes=self.max_bytes, timeout=DEFAULT_DOWNLOAD_TIMEOUT
-            )
-        return target, downloaded
+            hook.download_video(video_id, file, max_bytes=self.max_bytes, timeout=DEFAULT_DOWNLOAD_TIMEOUT)
+        return target
+
+    def _announce(self, context: Context, stored: list[ObjectStoragePath]) -> None:
+        """One asset event for the folder, however many videos this try stored.
+
+        Not one per video as ``DownloadVideoOperator`` does: Airflow records a task's asset events in the
+        call that marks it successful, at about 10 ms each here, and a call slower than the worker's
+        ``[workers] execution_api_timeout`` (5 s) is sent again and the task marked failed. The videos
+        themselves are this task's ``return_value``.
+        """
+        folder = plain_uri(stored[0].parent)
+        extra: dict[str, Any] = {"uri": folder, "videos": len(stored)}
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias):
+                context["outlet_events"][outlet].add(Asset(folder), extra=extra)
+            elif isinstance(outlet, Asset) and outlet.uri == folder:
+                context["outlet_events"][outlet].extra.update(extra)
 
     def _report(self, results: list[dict[str, Any]]) -> None:
         unstored = [result for result in results if result["status"] != "stored"]
@@ -437,19 +451,17 @@ class _Records:
             if r is not None and r["status"] == "completed"
         ]
 
-    def stored(
-        self, index: int, future: Future[tuple[ObjectStoragePath, DownloadedVideo]]
-    ) -> tuple[ObjectStoragePath, DownloadedVideo] | None:
+    def stored(self, index: int, future: Future[ObjectStoragePath]) -> ObjectStoragePath | None:
         video_id = self._records[index]["video_id"]  # type: ignore[index]
         try:
-            target, downloaded = future.result()
+            target = future.result()
         except (OctopusXError, AirflowFailException) as error:
             self._log.warning("Video %s was not stored: %s", video_id, error)
             # Left "completed": a retry downloads it again, and never submits it again.
             self._set(index, video_id, "completed", error=_error("download_failed", error))
             return None
         self._set(index, video_id, "stored")
-        return target, downloaded
+        return target
 
     def results(self, uri_of: Callable[[str], str]) -> list[dict[str, Any]]:
         """One per request, in order; a video left completed but unstored is reported ``failed``."""

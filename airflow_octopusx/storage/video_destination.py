@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 from airflow.providers.common.compat.sdk import AirflowFailException, Asset, ObjectStoragePath
+from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 #: Object stores whose uploads become visible only when committed, so a download can be written to its
@@ -104,7 +105,7 @@ class VideoDestination:
     def _beside(self, target: ObjectStoragePath) -> Iterator[IO[bytes]]:
         partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
         try:
-            with partial.fs.open(partial.path, "wb") as file:
+            with _filesystem(partial).open(partial.path, "wb") as file:
                 yield file
             self._publish(partial, target)
         except BaseException:
@@ -117,8 +118,9 @@ class VideoDestination:
         On local disk without ``overwrite`` a hard link is used, which refuses to replace a file that
         appeared at the destination while the video downloaded.
         """
-        if self.overwrite or not isinstance(partial.fs, LocalFileSystem):
-            partial.fs.mv(partial.path, target.path)
+        filesystem = _filesystem(partial)
+        if self.overwrite or not isinstance(filesystem, LocalFileSystem):
+            filesystem.mv(partial.path, target.path)
             return
         try:
             os.link(partial.path, target.path)
@@ -140,6 +142,12 @@ class VideoDestination:
         if "://" in destination:
             return Asset(destination)
         return Asset(f"file://{destination}") if Path(destination).is_absolute() else None
+
+
+def _filesystem(path: ObjectStoragePath) -> AbstractFileSystem:
+    """The path's filesystem; a local one without asking Airflow, whose first lookup in a process imports
+    every provider's filesystem module (the Amazon provider's brings boto3): seconds per task run."""
+    return LocalFileSystem() if path.protocol in ("", "file", "local") else path.fs
 
 
 def _appeared_meanwhile(target: ObjectStoragePath) -> AirflowFailException:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from airflow_octopusx.simulator import Fault, Simulator, Stats
 from airflow_octopusx.simulator.media import VideoBody, sample_mp4
 from tests.conftest import when_a_fault_fires, xcom_values
 
+REPO = Path(__file__).parents[2]
 GENERATION_SECONDS = 0.1
 LARGE_SIZE = 24 * 1024 * 1024
 
@@ -111,6 +114,24 @@ def test_the_stored_file_is_recorded_once_as_hook_lineage(
     lineage = collector.collected_assets
     assert lineage.inputs == []
     assert [(info.asset.uri, info.count) for info in lineage.outputs] == [(result, 1)]
+
+
+def test_a_local_download_does_not_make_airflow_import_every_providers_filesystem(
+    video_id: str, tmp_path: Path
+) -> None:
+    # Airflow's first filesystem lookup in a process imports each provider's filesystem module (the
+    # Amazon provider's brings boto3): seconds in each task run that stores a video on local disk.
+    code = f"""
+from airflow.sdk.io.fs import _register_filesystems
+from airflow_octopusx.operators.octopusx import DownloadVideoOperator
+from tests.support.task_context import minimal_context
+task = DownloadVideoOperator(task_id="store", video_id={video_id!r}, destination={f"{tmp_path}/"!r})
+task.execute(minimal_context())
+print("filesystem lookups:", _register_filesystems.cache_info().currsize)
+"""
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert ran.stdout.splitlines()[-1] == "filesystem lookups: 0"
+    assert (tmp_path / f"{video_id}.mp4").read_bytes() == sample_mp4()
 
 
 def test_relative_destination_is_resolved_against_the_working_directory(
