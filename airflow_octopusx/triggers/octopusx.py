@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Final
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
@@ -63,9 +63,11 @@ class VideoTaskTrigger(PollingTrigger):
     :param deadline: Unix time after which the wait ends with a ``timeout`` event.
     :param max_poll_errors: consecutive failed polls (after the hook's own retries) tolerated before giving
         up; authentication and not-found errors end the wait at once.
+    :param end_from_trigger: end the task as successful here when the video completes, without a worker
+        resuming it; any other outcome still goes back to the task.
     """
 
-    arguments = ("video_id", *PollingTrigger.arguments)
+    arguments = ("video_id", *PollingTrigger.arguments, "end_from_trigger")
 
     def __init__(
         self,
@@ -74,9 +76,11 @@ class VideoTaskTrigger(PollingTrigger):
         poll_interval: float,
         deadline: float,
         max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
+        end_from_trigger: bool = False,
     ) -> None:
         super().__init__(octopusx_conn_id, poll_interval, deadline, max_poll_errors)
         self.video_id = video_id
+        self.end_from_trigger = end_from_trigger
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch: VideoWatch | None = None
@@ -88,7 +92,12 @@ class VideoTaskTrigger(PollingTrigger):
         except OctopusXError as error:
             last = watch.last if watch else None
             event = self._event("error", str(error), last, code=getattr(error, "code", None))
-        yield TriggerEvent(event)
+        if self.end_from_trigger and event["status"] == "success":
+            # No XComs in the event: Airflow 3.3.2's triggerer stores them JSON-encoded twice. The task
+            # pushed its return value before deferring.
+            yield TaskSuccessEvent()
+        else:
+            yield TriggerEvent(event)
 
     async def _poll(self, hook: OctopusXHook, watch: VideoWatch) -> dict[str, Any]:
         """Poll until there is something to report, and return that one event's payload."""
@@ -135,9 +144,9 @@ class VideoTaskTrigger(PollingTrigger):
         }
 
 
-def video_id_from_event(event: dict[str, Any] | None) -> str:
+def video_id_from_event(event: Any) -> str:
     """Turn a trigger event into the video id, or the error it stands for; unknown events are refused."""
-    if not event or event.get("status") not in EVENT_STATUSES:
+    if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
         raise OctopusXError(f"Unexpected event from VideoTaskTrigger: {event!r}")
     video_id = str(event["video_id"])
     status = event["status"]

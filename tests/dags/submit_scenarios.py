@@ -1,4 +1,5 @@
-"""DAGs for tests/operators/test_submit.py: SubmitVideoOperator waiting in the worker, and templated."""
+"""DAGs for tests/operators/test_submit.py: SubmitVideoOperator waiting in the worker, templated, retried,
+and ended from the trigger."""
 
 from __future__ import annotations
 
@@ -36,4 +37,13 @@ with DAG("octopusx_test_submit_retry", schedule=None, start_date=START) as retri
         poll_interval=0.1,
         retries=2,
         retry_delay=0,
+    )
+
+with DAG("octopusx_test_submit_ended_in_triggerer", schedule=None, start_date=START) as ended_in_triggerer:
+    SubmitVideoOperator(
+        task_id="submit",
+        prompt="A kite over the dunes",
+        deferrable=True,
+        end_from_trigger=True,
+        poll_interval=0.1,
     )

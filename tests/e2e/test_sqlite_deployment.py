@@ -22,6 +22,7 @@ EXAMPLES: dict[str, tuple[int, tuple[str, ...]]] = {
     "example_octopusx_submit_then_sense": (1, ("wait_for_video",)),
 }
 MAPPED = "octopusx_e2e_mapped"
+ENDED_IN_TRIGGERER = "octopusx_e2e_mapped_ended_in_triggerer"
 BATCH = "octopusx_e2e_batch"
 RESUME = "octopusx_e2e_resume"
 
@@ -121,3 +122,23 @@ def test_a_batch_waits_in_one_trigger_and_stores_every_video_once(
     [only_try] = deployment.api.tries(BATCH, run_id, "generate_videos")
     assert only_try["try_number"] == 1
     assert_one_post_per_playable_video(simulator, videos, 6)
+
+
+def test_submits_ended_in_the_triggerer_need_no_worker_to_resume_them(
+    deployment: Deployment, simulator: SimulatorProcess, videos: Path
+) -> None:
+    simulator.configure(generation_seconds=6)
+    run_id = deployment.trigger(ENDED_IN_TRIGGERER, {"videos": 3})
+    holders = deployment.wait_for_deferred(ENDED_IN_TRIGGERER, run_id, "submit_video", count=3)
+
+    assert deployment.wait_for_run(ENDED_IN_TRIGGERER, run_id, timeout=180) == "success"
+    for map_index, job in holders.items():
+        trigger_log = deployment.task_log(ENDED_IN_TRIGGERER, run_id, "submit_video", 1, map_index, job)
+        assert re.search(r"Video \S+: completed, 100%", trigger_log), map_index
+        # The worker ran the task once: it submitted and deferred, and nothing resumed it.
+        worker_log = deployment.task_log(ENDED_IN_TRIGGERER, run_id, "submit_video", 1, map_index)
+        assert worker_log.count("::group::Pre Execute") == 1, map_index
+        [only_try] = deployment.api.tries(ENDED_IN_TRIGGERER, run_id, "submit_video", map_index)
+        assert only_try["state"] == "success"
+    # The downloads read each id from the return value the submit pushed before deferring.
+    assert_one_post_per_playable_video(simulator, videos, 3)

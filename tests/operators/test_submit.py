@@ -251,6 +251,16 @@ class TestDagRuns:
         assert run.get_task_instance("submit").try_number == 2
         assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 1
 
+    def test_ended_from_the_trigger_the_return_value_is_the_video_id(self, octopusx_conn: Simulator) -> None:
+        from tests.dags.submit_scenarios import ended_in_triggerer
+
+        octopusx_conn.configure(generation_seconds=0.3)
+        run = ended_in_triggerer.test()
+        assert run.state == "success"
+        [video_id] = xcom_values(run, "video_id").values()
+        assert xcom_values(run, "return_value") == {"submit": video_id}
+        assert octopusx_conn.stats.posts == 1
+
     def test_templates_render_then_validate(
         self, octopusx_conn: Simulator, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from airflow.triggers.base import TaskSuccessEvent
 
 from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import ASYNC_MAX_CONNECTIONS, OctopusXHook
@@ -81,6 +82,7 @@ def test_serialize_round_trips_plain_values_without_the_key(octopusx_conn: Simul
         "poll_interval": 7,
         "deadline": trigger.deadline,
         "max_poll_errors": 3,
+        "end_from_trigger": False,
     }
     encoded = json.dumps(kwargs)
     assert octopusx_conn.api_key not in encoded
@@ -127,6 +129,20 @@ async def test_failure_carries_the_api_code_and_message(octopusx_conn: Simulator
     )
     with pytest.raises(VideoFailedError, match=f"Video {video_id} failed: Refused"):
         video_id_from_event(event)
+
+
+async def test_ending_from_the_trigger_ends_a_completed_video_task_and_hands_back_anything_else(
+    octopusx_conn: Simulator,
+) -> None:
+    completed = submit(octopusx_conn)
+    [ended] = [event async for event in trigger_for(completed, end_from_trigger=True).run()]
+    assert isinstance(ended, TaskSuccessEvent)
+    assert ended.xcoms is None  # the triggerer would store them JSON-encoded twice (Airflow 3.3.2)
+
+    octopusx_conn.fail_next(code="content_policy_violation", message="Refused")
+    failed = submit(octopusx_conn)
+    [event] = await events_of(trigger_for(failed, end_from_trigger=True))
+    assert (event["status"], event["code"]) == ("failed", "content_policy_violation")
 
 
 async def test_the_deadline_ends_the_wait_with_a_timeout_event(octopusx_conn: Simulator) -> None:
