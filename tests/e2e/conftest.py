@@ -15,8 +15,10 @@ import pytest
 from airflow import __version__ as airflow_version
 from packaging.version import Version
 
+from tests.e2e import postgres, redis
 from tests.e2e.deployment import Deployment, DeploymentSettings, SimulatorProcess
-from tests.e2e.postgres import PostgresCluster, unavailable_reason
+from tests.e2e.postgres import PostgresCluster
+from tests.e2e.redis import RedisServer
 
 #: Seconds the simulator takes per video unless a test asks for longer.
 GENERATION_SECONDS = 4
@@ -56,7 +58,7 @@ def postgres_deployment(
     simulator_process: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
     """Airflow on a private PostgreSQL cluster with two triggerers (triggerer HA needs a real database)."""
-    reason = unavailable_reason()
+    reason = postgres.unavailable_reason()
     if reason:
         pytest.skip(reason)
     cluster = PostgresCluster()
@@ -73,10 +75,37 @@ def postgres_deployment(
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def celery_deployment(
+    simulator_process: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
+    """Airflow on CeleryExecutor: PostgreSQL as metadata database and result backend, Redis as broker,
+    two Celery workers (two task processes each) and two triggerers."""
+    reason = postgres.unavailable_reason() or redis.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = PostgresCluster()
+    broker = RedisServer()
+    try:
+        cluster.start()
+        broker.start()
+        settings = DeploymentSettings(database_url=cluster.url, celery_broker_url=broker.url)
+        airflow = Deployment(tmp_path_factory.mktemp("airflow-celery"), simulator_process, settings)
+        airflow.start(triggerers=2, celery_workers=2)
+        try:
+            yield airflow
+        finally:
+            airflow.stop()
+    finally:
+        broker.stop()
+        cluster.stop()
+
+
 @pytest.fixture
 def videos(request: pytest.FixtureRequest) -> Path:
     """The deployment's (empty) video folder; the example DAGs read it when they are parsed."""
-    fixture = "postgres_deployment" if "postgres_deployment" in request.fixturenames else "deployment"
+    servers = ("celery_deployment", "postgres_deployment")
+    fixture = next((name for name in servers if name in request.fixturenames), "deployment")
     folder: Path = request.getfixturevalue(fixture).videos
     for path in folder.iterdir():
         path.unlink()

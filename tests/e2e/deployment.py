@@ -1,4 +1,5 @@
-"""A real Airflow deployment on loopback: api-server, scheduler, dag-processor and triggerer processes.
+"""A real Airflow deployment on loopback: api-server, scheduler, dag-processor and triggerer processes,
+and Celery workers when it runs CeleryExecutor.
 
 Each component runs in its own session (``setsid``). Stopping one sends SIGTERM to its process group, then
 SIGKILL to whatever is left of its session: the executor's workers, task processes (which move to process
@@ -105,7 +106,13 @@ class Component:
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM the leader's group, give it ``timeout`` seconds to shut down cleanly (the scheduler stops
         its workers, the triggerer its runner), then SIGKILL whatever is left in the session."""
+        stop_together([self], timeout)
+
+    def _terminate(self) -> None:
         _signal_group(self.pid, signal.SIGTERM)
+
+    def _reap(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for a terminated component to exit, then SIGKILL its session."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout)
         with contextlib.suppress(DeploymentError):
@@ -124,6 +131,16 @@ class Component:
             return not self.pids()
 
         wait_until(killed, timeout=10, interval=0.1, what=f"{self.name} to die")
+
+
+def stop_together(components: Sequence[Component], timeout: float = 20) -> None:
+    """Stop several components as ``Component.stop`` does, but at once: each shuts down while the others
+    do, within ``timeout`` seconds in all."""
+    for component in components:
+        component._terminate()
+    deadline = time.monotonic() + timeout
+    for component in components:
+        component._reap(max(0.0, deadline - time.monotonic()))
 
 
 def start_component(
@@ -262,8 +279,14 @@ class SimulatorProcess:
         result: dict[str, Any] = self._control("GET", "stats")
         return result
 
+    def inject(self, *faults: Mapping[str, Any]) -> None:
+        """Arm faults (``airflow_octopusx.simulator.faults.Fault`` fields) for the next requests."""
+        self._control("POST", "faults", [dict(fault) for fault in faults])
+
     def stop(self) -> None:
-        self.component.stop(10)
+        # Idle, it exits at once; a request a drill holds (a delay fault) would keep it waiting until the
+        # hold ends, and nothing in it needs a clean shutdown.
+        self.component.stop(3)
 
 
 def _simulator_url(component: Component) -> str | None:
@@ -353,6 +376,16 @@ class AirflowApi:
         path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
         return self.get(path, deserialize=True)["value"]
 
+    def state_store(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """A task instance's task state store (Airflow 3.3+), as key -> value."""
+        path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/state-store"
+        found: dict[str, Any] = {}
+        while True:
+            page = self.get(path, map_index=map_index, limit=100, offset=len(found))
+            found |= {entry["key"]: entry["value"] for entry in page["task_state_store"]}
+            if not page["task_state_store"] or len(found) >= page["total_entries"]:
+                return found
+
     def alive_triggerer_ids(self) -> set[int]:
         jobs = self.get("jobs", job_type="TriggererJob", is_alive=True, limit=100)["jobs"]
         return {int(job["id"]) for job in jobs}
@@ -371,6 +404,15 @@ class DeploymentSettings:
     triggerer_health_check_threshold: int = 6
     #: Seconds without a task heartbeat before the scheduler fails the task instance.
     task_heartbeat_timeout: int = 10
+    #: A Redis URL: run CeleryExecutor with this broker, and ``database_url`` as its result backend
+    #: (``db+...``); workers are then started with ``Deployment.start_celery_worker``.
+    celery_broker_url: str | None = None
+    #: Task processes each Celery worker runs at once.
+    celery_worker_concurrency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.celery_broker_url and not self.database_url:
+            raise ValueError("CeleryExecutor needs a database server (database_url) for its results")
 
 
 @dataclass(frozen=True)
@@ -381,8 +423,22 @@ class Triggerer:
     job_id: int
 
 
+@dataclass(frozen=True)
+class CeleryWorker:
+    """An ``airflow celery worker`` process and its name, which is also the ``hostname`` Airflow records
+    for the task instances it runs (see ``tests/e2e/worker_hostname.py``)."""
+
+    component: Component
+    hostname: str
+
+
+#: The variable ``tests.e2e.worker_hostname.hostname`` reads a Celery worker's name from.
+WORKER_HOSTNAME_VARIABLE = "OCTOPUSX_E2E_WORKER_HOSTNAME"
+
+
 class Deployment:
-    """Airflow 3 with LocalExecutor, one process per component, in a private ``AIRFLOW_HOME``.
+    """Airflow 3 with LocalExecutor (or CeleryExecutor), one process per component, in a private
+    ``AIRFLOW_HOME`` that every component, Celery workers included, shares.
 
     The dags folder holds copies of the repository's example DAGs and ``tests/e2e/dags``. The connection
     to the simulator is in every component's environment, as ``AIRFLOW_CONN_OCTOPUSX_DEFAULT``.
@@ -401,6 +457,7 @@ class Deployment:
         self._secret = secrets.token_urlsafe(32)
         self.components: dict[str, Component] = {}
         self.triggerers: list[Triggerer] = []
+        self.celery_workers: list[CeleryWorker] = []
         self.api = AirflowApi(self.base_url, "admin", self.password)
 
     @property
@@ -413,7 +470,7 @@ class Deployment:
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            **self._executor_env(database),
             # The default, 32, starts 32 worker processes (about 5 GB).
             "AIRFLOW__CORE__PARALLELISM": str(self.settings.parallelism),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
@@ -440,28 +497,39 @@ class Deployment:
             "OCTOPUSX_OUTPUT_DIR": f"{self.videos}/",
         }
 
+    def _executor_env(self, database: str) -> dict[str, str]:
+        broker = self.settings.celery_broker_url
+        if not broker:
+            return {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": broker,
+            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database}",
+        }
+
     def diagnostics(self) -> str:
         parts = []
         triggerers = [t.component for t in self.triggerers]
-        for component in [*self.components.values(), *triggerers, self.simulator.component]:
+        workers = [w.component for w in self.celery_workers]
+        for component in [*self.components.values(), *triggerers, *workers, self.simulator.component]:
             state = "running" if component.alive else f"exited {component.popen.returncode}"
             parts.append(f"--- {component.name} (pid {component.pid}, {state}) ---\n{component.tail()}")
         return "\n".join(parts)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self, triggerers: int = 1) -> Deployment:
+    def start(self, triggerers: int = 1, celery_workers: int = 0) -> Deployment:
         """Migrate the database and start every component; returns once all report healthy.
 
         If anything fails to start, whatever did start is stopped before the error is raised.
         """
         try:
-            return self._start_all(triggerers)
+            return self._start_all(triggerers, celery_workers)
         except BaseException:
             self.stop()
             raise
 
-    def _start_all(self, triggerers: int) -> Deployment:
+    def _start_all(self, triggerers: int, celery_workers: int) -> Deployment:
         self._prepare_home()
         migrate = subprocess.run(
             ["airflow", "db", "migrate"], env=self.env, capture_output=True, text=True, timeout=300
@@ -472,22 +540,31 @@ class Deployment:
         self._start("api-server", "api-server")
         self._start("scheduler", "scheduler", "--skip-serve-logs")
         self._start("dag-processor", "dag-processor")
+        # Celery workers need only the database and the broker: they start while the rest gets healthy.
+        workers = [self._launch_celery_worker() for _ in range(celery_workers)]
         wait_until(
             lambda: self._healthy("metadatabase", "scheduler", "dag_processor"),
-            timeout=120,
+            timeout=180,
             what="the api-server, scheduler and dag-processor to be healthy",
             diagnostics=self.diagnostics,
         )
         self.api.login()
         for _ in range(triggerers):
             self.start_triggerer()
+        for worker in workers:
+            self._wait_until_consuming(worker)
         return self
 
     def stop(self) -> None:
-        """SIGTERM every component (triggerers first, api-server last); SIGKILL whatever lingers."""
+        """SIGTERM every component, SIGKILL whatever lingers: Celery workers and triggerers together first,
+        then the scheduler and dag-processor, the api-server (which task supervisors report to) last."""
         self.api.close()
-        for component in [*(t.component for t in self.triggerers), *reversed(self.components.values())]:
-            component.stop()
+        core = dict(self.components)
+        api_server = core.pop("api-server", None)
+        stop_together([*(w.component for w in self.celery_workers), *(t.component for t in self.triggerers)])
+        stop_together(list(core.values()))
+        if api_server is not None:
+            api_server.stop()
 
     def start_triggerer(self) -> Triggerer:
         """Start one more triggerer; returns once its job heartbeats, so it can take triggers."""
@@ -509,6 +586,57 @@ class Deployment:
         self.triggerers.append(triggerer)
         return triggerer
 
+    def start_celery_worker(self) -> CeleryWorker:
+        """Start one more Celery worker; returns once it consumes from the broker.
+
+        Each worker has its own Celery node name, and reports it as the hostname of the task instances
+        it runs, so that two workers on one machine can be told apart in Airflow's records.
+        """
+        worker = self._launch_celery_worker()
+        try:
+            self._wait_until_consuming(worker)
+        except BaseException:
+            self.celery_workers.remove(worker)
+            worker.component.stop()
+            raise
+        return worker
+
+    def _launch_celery_worker(self) -> CeleryWorker:
+        if not self.settings.celery_broker_url:
+            raise DeploymentError("Celery workers need a deployment with celery_broker_url")
+        hostname = f"octopusx-e2e-worker-{len(self.celery_workers) + 1}"
+        argv = ["airflow", "celery", "worker", "--celery-hostname", hostname, "--skip-serve-logs"]
+        argv += ["--concurrency", str(self.settings.celery_worker_concurrency)]
+        # Neither matters to a test, and mingle makes every start wait for the other workers' answers.
+        argv += ["--without-mingle", "--without-gossip"]
+        python_path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
+        env = {
+            **self.env,
+            "PYTHONPATH": python_path,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.worker_hostname.hostname",
+            WORKER_HOSTNAME_VARIABLE: hostname,
+        }
+        worker = CeleryWorker(start_component(hostname, argv, env, self.logs, cwd=self.home), hostname)
+        self.celery_workers.append(worker)
+        return worker
+
+    def _wait_until_consuming(self, worker: CeleryWorker) -> None:
+        def consuming() -> bool:
+            if not worker.component.alive:
+                raise DeploymentError(f"Celery worker {worker.hostname} exited:\n{worker.component.tail()}")
+            return f"celery@{worker.hostname} ready" in worker.component.output()
+
+        wait_until(
+            consuming,
+            timeout=90,
+            what=f"Celery worker {worker.hostname} to be ready",
+            diagnostics=self.diagnostics,
+        )
+
+    def celery_worker_of(self, pid: int) -> CeleryWorker | None:
+        """The Celery worker whose session holds process ``pid`` (a task process, say), if any."""
+        return next((w for w in self.celery_workers if pid in w.component.pids()), None)
+
     @property
     def triggerer(self) -> Triggerer:
         """The one running triggerer (drills kill triggerers; the dead ones stay listed)."""
@@ -527,7 +655,9 @@ class Deployment:
             shutil.copy2(source, self.dags / source.name)
 
     def _healthy(self, *parts: str) -> bool:
-        for component in [*self.components.values(), *(t.component for t in self.triggerers)]:
+        triggerers = [t.component for t in self.triggerers]
+        workers = [w.component for w in self.celery_workers]
+        for component in [*self.components.values(), *triggerers, *workers]:
             if not component.alive:
                 raise DeploymentError(f"{component.name} exited:\n{self.diagnostics()}")
         health = self.api.health()

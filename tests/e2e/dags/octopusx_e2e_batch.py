@@ -1,12 +1,14 @@
 """Many videos in one task: the batch counterpart of ``octopusx_e2e_mapped``, with the same prompts.
 
 The number of videos is a run parameter, so the drills (a few videos) and the scale benchmark (hundreds)
-share one DAG. One deferral waits for the whole batch in the triggerer.
+share one DAG. One deferral waits for the whole batch in the triggerer. A retry (after a killed worker,
+say) resumes the batch from the records the first try left in the task state store.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Param, task
@@ -39,4 +41,6 @@ with DAG(
         deferrable=True,
         poll_interval=2,
         retries=1,
+        # The worker-kill drill waits for the retry; Airflow's default delay is five minutes.
+        retry_delay=timedelta(seconds=2),
     )
