@@ -67,9 +67,11 @@ def test_killed_worker_mid_download_retry_on_the_other_worker_stores_the_rest(
     simulator.inject({"route": CDN, "kind": "delay", "delay_seconds": 600, "times": 2})
     run_id = airflow.trigger(BATCH, {"videos": 4})
 
-    def two_stored_two_held() -> dict[str, Any] | None:
-        records = airflow.api.state_store(BATCH, run_id, BATCH_TASK)
-        statuses = Counter(record["status"] for record in records.values())
+    def two_stored_two_held() -> list[dict[str, Any]] | None:
+        # The operator keeps its records in pages: lists of up to 25, None where a request has none.
+        pages = airflow.api.state_store(BATCH, run_id, BATCH_TASK).values()
+        records = [record for page in pages for record in page if record]
+        statuses = Counter(record["status"] for record in records)
         held = simulator.stats()["faults_by_route"].get(CDN, {}).get("delay", 0)
         return records if statuses["stored"] == 2 and held == 2 else None
 
@@ -113,10 +115,10 @@ def test_killed_worker_mid_download_retry_on_the_other_worker_stores_the_rest(
     assert stats["posts"] == stats["videos_created"] == 4
 
     stored = sorted(videos.glob("*.mp4"))
-    assert [path.stem for path in stored] == sorted(record["video_id"] for record in records.values())
+    assert [path.stem for path in stored] == sorted(record["video_id"] for record in records)
     assert_stored_as_served(videos)
     # What the killed downloads leave: their empty temporary files, hidden beside the videos.
-    held = {record["video_id"] for record in records.values() if record["status"] != "stored"}
+    held = {record["video_id"] for record in records if record["status"] != "stored"}
     for leftover in videos.glob(".*"):
         match = re.fullmatch(r"\.(\S+)\.mp4\.[0-9a-f]{12}\.partial", leftover.name)
         assert match is not None, leftover.name
