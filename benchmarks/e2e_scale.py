@@ -3,12 +3,13 @@
 It starts the simulator and Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor on
 SQLite) as separate processes, exactly as ``tests/e2e`` does, and runs, one after the other with the
 same renders, ``octopusx_e2e_mapped`` (``SubmitVideoOperator.partial(deferrable=True).expand(...)`` then
-a mapped ``DownloadVideoOperator``: three task runs per video) and ``octopusx_e2e_batch``
-(``GenerateVideosOperator``: two task runs in all). While each runs it samples the triggerer's process
-group in ``/proc``. It prints, side by side, wall time, task runs, the triggerer's CPU seconds and peak
-memory, the most tasks deferred at once, and the POSTs per video (which must be 1).
+a mapped ``DownloadVideoOperator``: three task runs per video), the same with ``end_from_trigger=True``
+(two per video) and ``octopusx_e2e_batch`` (``GenerateVideosOperator``: two task runs in all). While
+each runs it samples the triggerer's process group in ``/proc``. It prints, side by side, wall time, task
+runs, the triggerer's CPU seconds and peak memory, the most tasks deferred at once, and the POSTs per
+video (which must be 1).
 
-    .venv/bin/python -m benchmarks.e2e_scale                 # 200 videos, both DAGs
+    .venv/bin/python -m benchmarks.e2e_scale                 # 200 videos, the three DAGs
     .venv/bin/python -m benchmarks.e2e_scale --videos 1000 --dags octopusx_e2e_batch
 """
 
@@ -33,8 +34,16 @@ from tests.e2e.deployment import (
 )
 
 #: The DAGs measured side by side, the task each waits in, and how the table names them.
-WAITING_TASK = {"octopusx_e2e_mapped": "submit_video", "octopusx_e2e_batch": "generate_videos"}
-LABELS = {"octopusx_e2e_mapped": "mapped (3 runs per video)", "octopusx_e2e_batch": "GenerateVideosOperator"}
+WAITING_TASK = {
+    "octopusx_e2e_mapped": "submit_video",
+    "octopusx_e2e_mapped_ended_in_triggerer": "submit_video",
+    "octopusx_e2e_batch": "generate_videos",
+}
+LABELS = {
+    "octopusx_e2e_mapped": "mapped",
+    "octopusx_e2e_mapped_ended_in_triggerer": "mapped, end_from_trigger",
+    "octopusx_e2e_batch": "GenerateVideosOperator",
+}
 IDLE_SECONDS = 10
 
 
@@ -68,7 +77,7 @@ def main() -> int:
         nargs="+",
         choices=sorted(WAITING_TASK),
         default=list(WAITING_TASK),
-        help="the DAGs to run one after the other on one deployment (default: both)",
+        help="the DAGs to run one after the other on one deployment (default: all)",
     )
     parser.add_argument("--generation-seconds", type=float, default=30, help="simulated render time")
     parser.add_argument("--parallelism", type=int, default=4, help="[core] parallelism (worker slots)")
