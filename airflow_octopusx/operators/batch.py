@@ -82,8 +82,8 @@ class GenerateVideosOperator(BaseOperator):
     :param poll_interval: seconds between rounds of status checks.
     :param timeout: seconds to wait for the videos; those still rendering then count as ``timeout``.
     :param max_bytes: refuse a video larger than this.
-    :param asset_alias: each stored video is announced through ``AssetAlias(asset_alias)`` as its own
-        asset, with its ``uri`` and the video's metadata; ``None`` announces nothing.
+    :param asset_alias: the folder is announced through ``AssetAlias(asset_alias)``, one event per try
+        that stored videos, with its ``uri`` and how many; ``None`` announces nothing.
     :return: one result per request, in request order: ``index``, ``video_id``, ``status`` (``stored``,
         ``failed``, ``timeout`` or ``not_submitted``), ``uri`` and ``error`` (``code``, ``message``).
     """
