@@ -194,9 +194,10 @@ def measure(
     used = session_usage(triggerer.pid)
     stats = simulator.stats()
     instances = airflow.api.task_instances(dag_id, run_id)
-    resumes = len(
-        list((airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").rglob("*.trigger.*.log"))
-    )
+    # Each run of a task on a worker, first start or resumption after a deferral, opens this group in the
+    # try's log; a task ended in the triggerer has no second one.
+    worker_logs = (airflow.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}").rglob("attempt=*.log")
+    task_runs = sum(log.read_text(errors="replace").count("::group::Pre Execute") for log in worker_logs)
     return Result(
         state=state,
         task_states=Counter(str(ti["state"]) for ti in instances),
@@ -205,7 +206,7 @@ def measure(
         stored=len(list(airflow.videos.glob("*.mp4"))),
         posts=stats["posts"],
         gets=stats["gets"],
-        task_runs=sum(int(ti["try_number"]) for ti in instances) + resumes,
+        task_runs=task_runs,
         deferred=peak.deferred,
         triggerer_cpu=used.cpu_seconds - before.cpu_seconds,
         pss_bytes=peak.pss_bytes,
