@@ -15,7 +15,7 @@ from airflow_octopusx.exceptions import TransportError, VideoDownloadError
 # Chunks (about 64 KiB each as received) go to the writer thread in batches of at least this many bytes,
 # at most _QUEUED_BATCHES of them waiting: memory stays flat at a few MiB.
 _BATCH_BYTES = 1024 * 1024
-_QUEUED_BATCHES = 4
+_QUEUED_BATCHES = 2
 
 
 class BackgroundWriter:
