@@ -12,55 +12,71 @@ import httpx
 
 from airflow_octopusx.exceptions import TransportError, VideoDownloadError
 
-# Chunks (about 64 KiB each as received) waiting for the writer thread: memory stays flat at ~1 MiB.
-_WRITE_QUEUE_CHUNKS = 16
+# Chunks (about 64 KiB each as received) go to the writer thread in batches of at least this many bytes,
+# at most _QUEUED_BATCHES of them waiting: memory stays flat at a few MiB.
+_BATCH_BYTES = 1024 * 1024
+_QUEUED_BATCHES = 2
 
 
 class BackgroundWriter:
-    """Writes to ``file`` from its own thread, so receiving the next chunk overlaps writing the last.
+    """Writes to ``file`` from its own thread, so receiving the next chunks overlaps writing the last.
 
     Receiving (parsing HTTP in Python) and writing (the kernel copying into the page cache, or a part
-    upload) each keep a core busy; ``file.write`` releases the GIL, so here they run at once (what that
-    gains is measured in docs/performance.md). A write error is raised on the next ``write``, ``wait``
-    or ``close``.
+    upload) each keep a core busy; ``file.write`` releases the GIL, so here they run at once. Chunks are
+    handed over and written in batches of about 1 MiB: handing over each 64 KiB chunk cost a lock round
+    trip and a GIL hand-off per chunk, more CPU than the overlap saved (both measured in
+    docs/performance.md). A write error is raised on the next ``write``, ``wait`` or ``close``.
     """
 
     def __init__(self, file: IO[bytes]) -> None:
         self.file = file
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(_WRITE_QUEUE_CHUNKS)
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
+        self._batches: queue.Queue[list[bytes] | None] = queue.Queue(_QUEUED_BATCHES)
         self._error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._write_chunks, name="octopusx-download-writer", daemon=True
+            target=self._write_batches, name="octopusx-download-writer", daemon=True
         )
         self._thread.start()
 
-    def _write_chunks(self) -> None:
+    def _write_batches(self) -> None:
         while True:
-            chunk = self._chunks.get()
+            batch = self._batches.get()
             try:
-                if chunk is None:
+                if batch is None:
                     return
                 if self._error is None:
-                    self.file.write(chunk)
+                    # One write per batch: one GIL hand-off and one system call per MiB, not per chunk.
+                    self.file.write(b"".join(batch))
             except BaseException as error:  # handed to the downloading thread
                 self._error = error
             finally:
-                self._chunks.task_done()
+                self._batches.task_done()
 
     def write(self, chunk: bytes) -> None:
         self._raise_if_failed()
-        self._chunks.put(chunk)
+        self._batch.append(chunk)
+        self._batch_bytes += len(chunk)
+        if self._batch_bytes >= _BATCH_BYTES:
+            self._hand_over()
 
     def wait(self) -> None:
         """Return once every chunk given so far is in ``file``."""
-        self._chunks.join()
+        self._hand_over()
+        self._batches.join()
         self._raise_if_failed()
 
     def close(self) -> None:
-        """Write what is queued and stop the thread."""
-        self._chunks.put(None)
+        """Write what is given and queued, and stop the thread."""
+        self._hand_over()
+        self._batches.put(None)
         self._thread.join()
         self._raise_if_failed()
+
+    def _hand_over(self) -> None:
+        if self._batch:
+            self._batches.put(self._batch)
+            self._batch, self._batch_bytes = [], 0
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
