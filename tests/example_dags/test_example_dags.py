@@ -93,8 +93,10 @@ def test_example_runs_defers_and_stores_playable_mp4s(
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    # Long enough that every wait really defers, short of the examples' 5 s poll interval.
-    octopusx_conn.configure(generation_seconds=2.5)
+    # Long enough that every wait really defers, short of the examples' 5 s poll interval. The sensor
+    # starts only once its submit task has ended, which took longer than 2.5 s on a loaded machine.
+    sensed = dag_id == "example_octopusx_submit_then_sense"
+    octopusx_conn.configure(generation_seconds=10 if sensed else 2.5)
     videos, deferring_tasks = EXPECTED[dag_id]
 
     run = dagbag.get_dag(dag_id).test()
