@@ -43,12 +43,12 @@ class VideoWatch:
         self._max_poll_errors = max_poll_errors
         self._poll_errors = 0
 
-    def starts(self, poll_interval: float, deadline: float) -> None:
+    def starts(self, poll_interval: float, deadline: float | None) -> None:
         self._log.info(
             "Waiting for video %s: a status check every %g s, until %s",
             self.video_id,
             poll_interval,
-            utc_text(deadline),
+            "the task's trigger timeout" if deadline is None else utc_text(deadline),
         )
 
     def saw(self, video: VideoTask) -> None:

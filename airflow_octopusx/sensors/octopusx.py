@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import airflow
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
     AirflowSensorTimeout,
@@ -14,6 +17,9 @@ from airflow.providers.common.compat.sdk import (
     PokeReturnValue,
     conf,
 )
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
+from airflow.sdk.definitions.xcom_arg import PlainXComArg
+from airflow.triggers.base import StartTriggerArgs
 
 from airflow_octopusx.exceptions import InvalidVideoRequest, OctopusXError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
@@ -25,6 +31,23 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
+def _for_the_triggerer(video_id: Any) -> str | None:
+    """``video_id`` in a form Airflow's triggerer can render, or None where it cannot.
+
+    Airflow 3.3.2's triggerer leaves an ``XComArg`` unresolved, and never answers the request that
+    ``xcom_pull`` sends without ``map_indexes`` (the trigger would hang): a task's output becomes a
+    template that pulls its one value, and such templates are refused. Older triggerers render nothing.
+    """
+    if not AIRFLOW_V_3_3_PLUS:
+        return None
+    if isinstance(video_id, PlainXComArg):
+        task_id, key = video_id.operator.task_id, video_id.key
+        return f"{{{{ ti.xcom_pull(task_ids={task_id!r}, key={key!r}, map_indexes=-1) }}}}"
+    if not isinstance(video_id, str) or ("xcom_pull" in video_id and "map_indexes" not in video_id):
+        return None
+    return video_id
+
+
 class VideoTaskSensor(BaseSensorOperator):
     """Succeed when the video is completed and fail when it failed; returns the video id.
 
@@ -34,6 +57,10 @@ class VideoTaskSensor(BaseSensorOperator):
     :param video_id: the OctopusX video id, e.g. ``submit.output``.
     :param octopusx_conn_id: the ``octopusx`` connection.
     :param deferrable: wait in the triggerer, freeing the worker slot.
+    :param start_from_trigger: with ``deferrable=True`` on Airflow 3.3+, start in the triggerer (which
+        renders ``video_id``): a worker runs the task once, when the video is finished, instead of twice.
+        Where the triggerer cannot render ``video_id``, or on older Airflow, it warns and starts on a
+        worker; a mapped sensor starts on a worker.
     """
 
     template_fields: Sequence[str] = ("video_id",)
@@ -44,12 +71,40 @@ class VideoTaskSensor(BaseSensorOperator):
         video_id: str,
         octopusx_conn_id: str = OctopusXHook.default_conn_name,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        start_from_trigger: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.video_id = video_id
         self.octopusx_conn_id = octopusx_conn_id
         self.deferrable = deferrable
+        if start_from_trigger and not deferrable:
+            raise ValueError("VideoTaskSensor: start_from_trigger=True needs deferrable=True")
+        trigger_video_id = _for_the_triggerer(video_id) if start_from_trigger else None
+        if start_from_trigger and trigger_video_id is None:
+            warnings.warn(
+                f"VideoTaskSensor {self.task_id}: start_from_trigger needs Airflow 3.3+ (this is "
+                f"{airflow.__version__}) and a video_id its triggerer can render: a plain id, a task's "
+                "output, or a template whose xcom_pull names map_indexes. The task starts on a worker.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.start_from_trigger = trigger_video_id is not None
+        if trigger_video_id is not None:
+            # The triggerer renders video_id (the sensor's template field) before the trigger runs;
+            # Airflow's trigger timeout, counted from the start, stands in for the trigger's deadline.
+            self.start_trigger_args = StartTriggerArgs(
+                trigger_cls=f"{VideoTaskTrigger.__module__}.{VideoTaskTrigger.__qualname__}",
+                trigger_kwargs={
+                    "video_id": trigger_video_id,
+                    "octopusx_conn_id": octopusx_conn_id,
+                    "poll_interval": self.poke_interval,
+                    "deadline": None,
+                },
+                next_method="execute_complete",
+                next_kwargs=None,
+                timeout=timedelta(seconds=self.timeout),
+            )
 
     @cached_property
     def hook(self) -> OctopusXHook:

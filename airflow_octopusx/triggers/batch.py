@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,7 +48,7 @@ class VideoBatchTrigger(PollingTrigger):
                 while True:
                     unfinished = watch.unfinished
                     watch.took(unfinished, await asyncio.gather(*(_poll(hook, v) for v in unfinished)))
-                    remaining = self.deadline - time.time()
+                    remaining = self._remaining()
                     if not watch.unfinished or remaining <= 0:
                         break
                     await asyncio.sleep(min(self.poll_interval, remaining))

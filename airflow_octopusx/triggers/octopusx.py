@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, VideoWatch
-from airflow_octopusx.models import VideoTask
+from airflow_octopusx.models import VideoTask, check_video_id
 
 #: Every status a ``VideoTaskTrigger`` event can carry; ``video_id_from_event`` refuses anything else.
 EVENT_STATUSES: Final = ("success", "failed", "timeout", "error")
@@ -37,7 +38,7 @@ class PollingTrigger(BaseTrigger):
         self,
         octopusx_conn_id: str,
         poll_interval: float,
-        deadline: float,
+        deadline: float | None,
         max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
     ) -> None:
         super().__init__()
@@ -50,6 +51,10 @@ class PollingTrigger(BaseTrigger):
         classpath = f"{type(self).__module__}.{type(self).__qualname__}"
         return classpath, {name: getattr(self, name) for name in self.arguments}
 
+    def _remaining(self) -> float:
+        """Seconds left before the deadline."""
+        return math.inf if self.deadline is None else self.deadline - time.time()
+
 
 class VideoTaskTrigger(PollingTrigger):
     """Poll one video until it is completed or failed, or the deadline passes, then fire one event.
@@ -60,7 +65,8 @@ class VideoTaskTrigger(PollingTrigger):
     :param video_id: the OctopusX video id.
     :param octopusx_conn_id: the ``octopusx`` connection; the key is looked up in the triggerer.
     :param poll_interval: seconds between polls.
-    :param deadline: Unix time after which the wait ends with a ``timeout`` event.
+    :param deadline: Unix time after which the wait ends with a ``timeout`` event; None when Airflow's
+        trigger timeout ends it instead (a task started in the triggerer has no time to start from).
     :param max_poll_errors: consecutive failed polls (after the hook's own retries) tolerated before giving
         up; authentication and not-found errors end the wait at once.
     :param end_from_trigger: end the task as successful here when the video completes, without a worker
@@ -74,7 +80,7 @@ class VideoTaskTrigger(PollingTrigger):
         video_id: str,
         octopusx_conn_id: str,
         poll_interval: float,
-        deadline: float,
+        deadline: float | None,
         max_poll_errors: int = DEFAULT_MAX_POLL_ERRORS,
         end_from_trigger: bool = False,
     ) -> None:
@@ -85,6 +91,8 @@ class VideoTaskTrigger(PollingTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch: VideoWatch | None = None
         try:
+            # Rendered here when the task started in the triggerer: check it before it goes in a URL.
+            check_video_id(self.video_id)
             async with OctopusXHook(self.octopusx_conn_id) as hook:
                 watch = VideoWatch(self.video_id, self.log, hook.retry_policy, self.max_poll_errors)
                 watch.starts(self.poll_interval, self.deadline)
@@ -103,7 +111,7 @@ class VideoTaskTrigger(PollingTrigger):
         """Poll until there is something to report, and return that one event's payload."""
         # Triggers deferred together would poll in lock-step; the first poll lands anywhere in one
         # interval (the deferring task has just checked the video anyway), the rest drift apart.
-        await asyncio.sleep(random.uniform(0, max(0.0, min(self.poll_interval, self.deadline - time.time()))))
+        await asyncio.sleep(random.uniform(0, max(0.0, min(self.poll_interval, self._remaining()))))
         while True:
             try:
                 video = await hook.aget_video(self.video_id)
@@ -117,7 +125,7 @@ class VideoTaskTrigger(PollingTrigger):
                     reason = video.error
                     message = reason.message if reason else f"status {video.status}"
                     return self._event("failed", message, video, code=reason.code if reason else None)
-            remaining = self.deadline - time.time()
+            remaining = self._remaining()
             if remaining <= 0:
                 return self._event("timeout", "deadline passed", watch.last)
             await asyncio.sleep(min(self.poll_interval * random.uniform(0.9, 1.1), remaining))

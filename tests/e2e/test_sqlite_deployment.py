@@ -25,6 +25,7 @@ MAPPED = "octopusx_e2e_mapped"
 ENDED_IN_TRIGGERER = "octopusx_e2e_mapped_ended_in_triggerer"
 BATCH = "octopusx_e2e_batch"
 RESUME = "octopusx_e2e_resume"
+STARTED_IN_TRIGGERER = "octopusx_e2e_started_in_triggerer"
 
 
 def test_examples_defer_to_the_triggerer_and_store_playable_mp4s(
@@ -142,3 +143,25 @@ def test_submits_ended_in_the_triggerer_need_no_worker_to_resume_them(
         assert only_try["state"] == "success"
     # The downloads read each id from the return value the submit pushed before deferring.
     assert_one_post_per_playable_video(simulator, videos, 3)
+
+
+def test_sensors_started_in_the_triggerer_run_on_a_worker_only_once_their_video_is_finished(
+    deployment: Deployment, simulator: SimulatorProcess
+) -> None:
+    simulator.configure(generation_seconds=6)
+    run_id = deployment.trigger(STARTED_IN_TRIGGERER)
+
+    assert deployment.wait_for_run(STARTED_IN_TRIGGERER, run_id, timeout=180) == "success"
+    video_id = deployment.api.xcom(STARTED_IN_TRIGGERER, run_id, "submit_video")
+    triggerer = deployment.triggerer.job_id
+    for task_id in ("wait_by_xcom_arg", "wait_by_template"):
+        trigger_log = deployment.task_log(STARTED_IN_TRIGGERER, run_id, task_id, triggerer_job=triggerer)
+        # The triggerer rendered the id; with no worker start there was no deadline to count from.
+        waiting = f"Waiting for video {video_id}: a status check every 1 s, until the task's trigger timeout"
+        assert waiting in trigger_log, task_id
+        assert re.search(r"Video \S+: completed, 100%", trigger_log), task_id
+        # One run on a worker, the resumption after the trigger fired: none started the wait.
+        worker_log = deployment.task_log(STARTED_IN_TRIGGERER, run_id, task_id)
+        assert worker_log.count("::group::Pre Execute") == 1, task_id
+        assert deployment.api.xcom(STARTED_IN_TRIGGERER, run_id, task_id) == video_id
+    assert simulator.stats()["posts"] == 1

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSensorTimeout, TaskDeferred
+from airflow.sdk import DAG
+from airflow.sdk.module_loading import import_string
 
 from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoRequest, VideoTask
+from airflow_octopusx.operators.octopusx import SubmitVideoOperator
 from airflow_octopusx.sensors.octopusx import VideoTaskSensor
 from airflow_octopusx.simulator import Simulator, Stats
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
-from tests.conftest import xcom_values
+from tests.conftest import AIRFLOW_3_3, xcom_values
 
 POKE_INTERVAL = 0.1
 
@@ -128,6 +132,77 @@ async def test_deferrable_execute_hands_a_keyless_trigger_to_the_triggerer(
     events = await run_trigger(trigger)
     assert [event["status"] for event in events] == ["success"]
     assert waiting.execute_complete(context, events[0]) == video.id
+
+
+@pytest.mark.skipif(not AIRFLOW_3_3, reason="the triggerer renders templates from Airflow 3.3")
+async def test_a_sensor_started_in_the_triggerer_hands_it_a_keyless_trigger_with_no_deadline(
+    octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=0.5)
+    waiting = sensor(video.id, deferrable=True, start_from_trigger=True, poke_interval=0.2, timeout=120)
+
+    start = waiting.start_trigger_args
+    assert waiting.start_from_trigger
+    assert start is not None
+    assert (start.next_method, start.timeout) == ("execute_complete", timedelta(seconds=120))
+    assert octopusx_conn.api_key not in json.dumps(start.trigger_kwargs)
+    # What the triggerer builds (after rendering video_id): it waits until Airflow's trigger timeout.
+    trigger = import_string(start.trigger_cls)(**start.trigger_kwargs)
+    assert isinstance(trigger, VideoTaskTrigger)
+    assert trigger.deadline is None
+    events = await run_trigger(trigger)
+    assert [event["status"] for event in events] == ["success"]
+    assert waiting.execute_complete(context, events[0]) == video.id
+    assert octopusx_conn.stats.posts == 1
+
+
+async def test_a_trigger_refuses_a_rendered_id_that_is_not_a_video_id_before_any_request(
+    octopusx_conn: Simulator,
+) -> None:
+    trigger = VideoTaskTrigger(
+        video_id="../v1/videos", octopusx_conn_id="octopusx_default", poll_interval=1, deadline=None
+    )
+
+    [event] = await run_trigger(trigger)
+
+    assert event["status"] == "error"
+    assert "video_id" in event["message"]
+    assert octopusx_conn.stats.gets == 0
+
+
+@pytest.mark.skipif(not AIRFLOW_3_3, reason="the triggerer renders templates from Airflow 3.3")
+def test_a_tasks_output_reaches_the_triggerer_as_a_template_pulling_its_one_value() -> None:
+    with DAG("sensor_output", schedule=None):
+        submit = SubmitVideoOperator(task_id="submit_video", prompt="A kite", wait_for_completion=False)
+        waiting = sensor(submit.output, deferrable=True, start_from_trigger=True)
+
+    assert waiting.upstream_task_ids == {"submit_video"}
+    assert waiting.start_trigger_args is not None
+    assert waiting.start_trigger_args.trigger_kwargs["video_id"] == (
+        "{{ ti.xcom_pull(task_ids='submit_video', key='return_value', map_indexes=-1) }}"
+    )
+
+
+@pytest.mark.skipif(not AIRFLOW_3_3, reason="the triggerer renders templates from Airflow 3.3")
+def test_a_template_the_triggerer_would_never_answer_starts_the_sensor_on_a_worker() -> None:
+    # Airflow 3.3.2's triggerer does not answer xcom_pull without map_indexes: the trigger would hang.
+    with pytest.warns(UserWarning, match="xcom_pull names map_indexes"):
+        waiting = sensor(
+            "{{ ti.xcom_pull(task_ids='submit_video') }}", deferrable=True, start_from_trigger=True
+        )
+    assert not waiting.start_from_trigger
+
+
+def test_start_from_trigger_needs_a_deferrable_sensor() -> None:
+    with pytest.raises(ValueError, match="start_from_trigger=True needs deferrable=True"):
+        sensor("video_1", deferrable=False, start_from_trigger=True)
+
+
+@pytest.mark.skipif(AIRFLOW_3_3, reason="Airflow 3.3 starts the sensor in the triggerer")
+def test_before_airflow_3_3_start_from_trigger_warns_and_starts_on_a_worker() -> None:
+    with pytest.warns(UserWarning, match="start_from_trigger needs Airflow 3.3"):
+        waiting = sensor("video_1", deferrable=True, start_from_trigger=True)
+    assert not waiting.start_from_trigger
 
 
 async def test_deferred_wait_past_its_timeout_fails_with_a_timeout(
