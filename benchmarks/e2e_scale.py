@@ -85,7 +85,7 @@ def main() -> int:
         help="the DAGs to run one after the other on one deployment (default: all)",
     )
     parser.add_argument("--generation-seconds", type=float, default=30, help="simulated render time")
-    # At 4 the two cores were 56 % busy: the task runs wait on the api-server, one at a time, not on the
+    # At 4 the two cores were about 70 % busy: the task runs wait on the api-server, one at a time, not the
     # CPU. 8 took 200 mapped videos from 146.5 s to 103.9 s; 16 was no faster (107.1 s).
     parser.add_argument("--parallelism", type=int, default=8, help="[core] parallelism (worker slots)")
     parser.add_argument("--timeout", type=float, default=900, help="give up on the run after this long")
