@@ -441,7 +441,11 @@ class OctopusXHook(BaseHook):
         what = f"download of video {sink.video_id}"
         sink.check_deadline()
         try:
-            headers = {"Range": f"bytes={sink.written}-"} if sink.written else {}
+            # An MP4 gains nothing from compression, and a compressed body is decoded a whole chunk
+            # at a time, before the size cap sees it.
+            headers = {"Accept-Encoding": "identity"}
+            if sink.written:
+                headers["Range"] = f"bytes={sink.written}-"
             request = self.client.build_request("GET", url, headers=headers)
             with contextlib.closing(self._send(request)) as response:
                 # response.url, not url: /content may redirect to the CDN, whose refusal is a link's.

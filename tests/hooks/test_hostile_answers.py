@@ -272,6 +272,14 @@ class TestLinks:
         keys = [("authorization" in r.headers) for r in server.requests]
         assert keys == [True, False]
 
+    def test_downloads_ask_for_the_bytes_as_stored(self, server: HostileServer) -> None:
+        server.script(f"GET {VIDEO}", video(video_url=f"{server.url}/cdn/v.mp4"))
+        server.script("GET /cdn/*", Answer(200, (), MP4))
+        with OctopusXHook() as hook:
+            assert download(hook) == MP4
+        [fetch] = server.seen("GET /cdn/*")
+        assert fetch.headers.get("accept-encoding") == "identity"
+
     @pytest.mark.parametrize(
         ("api", "link", "refused"),
         [
