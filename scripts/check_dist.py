@@ -6,7 +6,8 @@ the wheel (not editable) into a fresh venv away from the checkout, and run an ex
 
 Steps, each of which fails the check:
 
-1. ``uv build`` (the sdist, then the wheel from the sdist) and ``twine check --strict`` of both.
+1. ``uv build`` (the sdist, then the wheel from the sdist) with the build backend of the project's
+   ``.venv`` (its lock's), and ``twine check --strict`` of both with the ``.venv``'s twine.
 2. The wheel holds every file of ``airflow_octopusx/`` (modules, ``py.typed``, the simulator's
    ``sample.mp4``), ``LICENSE``, both entry points and every extra of pyproject.toml, and nothing else.
 3. The sdist holds every file git tracks (LICENSE included) and no local outputs (venvs, caches,
@@ -52,7 +53,6 @@ except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "airflow_octopusx"
 DAG_ID = "example_octopusx_text_to_video"
-TWINE = "twine>=6.1"
 #: Path parts that are local outputs, never project files.
 LOCAL_OUTPUTS = {
     ".venv",
@@ -129,13 +129,22 @@ def is_local_output(name: str) -> bool:
 # -- the archives -------------------------------------------------------------------------------------------
 
 
-def build(uv: Path, dist: Path) -> tuple[Path, Path]:
+def freeze(uv: Path, scratch: Path) -> Path:
+    """The versions of the project's ``.venv`` (its lock's), less its editable install of this checkout:
+    what the build and the fresh venv get, so the check takes nothing new from the package index."""
+    frozen = run([uv, "pip", "freeze", "--exclude-editable", "--python", sys.executable]).stdout
+    constraints = scratch / "constraints.txt"
+    constraints.write_text(frozen)
+    return constraints
+
+
+def build(uv: Path, dist: Path, constraints: Path) -> tuple[Path, Path]:
     step("uv build: the sdist, then the wheel from the sdist")
-    run([uv, "build", "--out-dir", dist, ROOT], cwd=ROOT)
+    run([uv, "build", "--build-constraints", constraints, "--out-dir", dist, ROOT], cwd=ROOT)
     [sdist] = dist.glob("*.tar.gz")
     [wheel] = dist.glob("*.whl")
-    step(f"{TWINE.split('>')[0]} check --strict {sdist.name} {wheel.name}")
-    twine = [uv, "tool", "run", "--from", TWINE, "twine", "--no-color", "check", "--strict", sdist, wheel]
+    step(f"twine check --strict {sdist.name} {wheel.name}")
+    twine = [Path(sys.executable).parent / "twine", "--no-color", "check", "--strict", sdist, wheel]
     # Wide enough that twine prints one line per file.
     print(run(twine, env={**os.environ, "COLUMNS": "300"}).stdout.strip())
     return sdist, wheel
@@ -201,14 +210,10 @@ def check_sdist(sdist: Path) -> None:
 # -- the installed wheel ------------------------------------------------------------------------------------
 
 
-def install(uv: Path, wheel: Path, scratch: Path) -> Path:
+def install(uv: Path, wheel: Path, scratch: Path, constraints: Path) -> Path:
     step("a fresh venv with the wheel and its simulator extra")
     venv = scratch / "venv"
     run([uv, "venv", "--quiet", "--python", sys.executable, venv])
-    # The versions of the project's .venv, whose editable install of this checkout is left out.
-    frozen = run([uv, "pip", "freeze", "--exclude-editable", "--python", sys.executable]).stdout
-    constraints = scratch / "constraints.txt"
-    constraints.write_text(frozen)
     python = venv / "bin" / "python"
     requirement = f"airflow-provider-octopusx[simulator] @ {wheel.as_uri()}"
     run([uv, "pip", "install", "--quiet", "--python", python, "--constraint", constraints, requirement])
@@ -367,10 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     )
     try:
-        sdist, wheel = build(uv, scratch / "dist")
+        constraints = freeze(uv, scratch)
+        sdist, wheel = build(uv, scratch / "dist", constraints)
         check_wheel(wheel)
         check_sdist(sdist)
-        python = install(uv, wheel, scratch)
+        python = install(uv, wheel, scratch, constraints)
         check_installed(python, scratch, env)
         run_example_dag(python, scratch, env)
     except CheckFailed as error:

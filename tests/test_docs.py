@@ -10,8 +10,10 @@ How each fenced block is checked, by language:
   a fresh namespace and working directory, with ``octopusx_default`` pointing at the simulator; a
   ``print(...)  # expected`` comment must match what it printed.
 - ``bash``/``sh``/``console``: each command must be one that this test or CI runs: ``./dev test``
-  (what CI runs), ``./dev demo`` (an example DAG that tests/example_dags runs too), ``pip install`` of
-  this package (by name, from the checkout or as the wheel of this version in ``dist/``), ``uv build``,
+  (what CI runs), ``./dev demo`` (an example DAG that tests/example_dags runs too), ``./dev lock`` (its
+  locks are checked by tests/test_test_environments.py), ``pip install`` of this package (by name, from
+  the checkout or as the wheel of this version in ``dist/``) or of an Airflow version that a lock in
+  ``requirements/`` pins (alone with Airflow's own constraints file of that version), ``uv build``,
   ``python -m build`` and ``twine check --strict``/``twine upload`` of ``dist/*`` (what
   ``scripts/check_dist.py`` in ``./dev test`` builds and checks; the upload is a release, never run
   here), ``export`` of an OctopusX connection or of a real Airflow option, ``python -m
@@ -317,19 +319,48 @@ def package_extras() -> frozenset[str]:
     return frozenset(re.findall(r"^([\w-]+)\s*=", section[1], re.MULTILINE))
 
 
+@cache
+def locked_airflow_versions() -> frozenset[str]:
+    """The Airflow versions the test environments' locks pin (requirements/airflow-*.txt)."""
+    return frozenset(
+        re.findall(r"^apache-airflow==(\S+)", lock.read_text(), re.MULTILINE)[0]
+        for lock in (REPO / "requirements").glob("airflow-*.txt")
+    )
+
+
 def check_pip_install(argv: list[str]) -> None:
+    """This package by name, from this checkout (`.`) or as the wheel `uv build` writes for this version,
+    with Airflow providers; or a tested Airflow, with its own constraints file or beside this package
+    (and on 3.1, `cryptography<51`, which its lock holds too)."""
     assert argv[:2] == ["pip", "install"], f"not a pip install: {argv}"
-    # This package by name, from this checkout (`.`), or as the wheel `uv build` writes for this version.
+    arguments = argv[2:]
+    airflow = next((arg.partition("==")[2] for arg in arguments if arg.startswith("apache-airflow==")), None)
+    if "--constraint" in arguments:
+        url = arguments[arguments.index("--constraint") + 1]
+        assert arguments == [f"apache-airflow=={airflow}", "--constraint", url], f"not Airflow alone: {argv}"
+        assert re.fullmatch(
+            rf"https://raw\.githubusercontent\.com/apache/airflow/constraints-{re.escape(airflow or '')}/"
+            r"constraints-3\.1[0-9]\.txt",
+            url,
+        ), f"not the constraints file of Airflow {airflow}: {url}"
+        arguments = []
+    if airflow is not None:
+        assert airflow in locked_airflow_versions(), f"Airflow {airflow} is in no lock of requirements/"
+        arguments = [arg for arg in arguments if arg != f"apache-airflow=={airflow}"]
+        if airflow.startswith("3.1."):
+            arguments = [arg for arg in arguments if arg != "cryptography<51"]
+        if not arguments:
+            return
     wheel = re.escape(f"dist/airflow_provider_octopusx-{__version__}-py3-none-any.whl")
     package = rf"(airflow-provider-octopusx|\.|{wheel})(\[[\w,-]+\])?"
-    ours = [arg for arg in argv[2:] if re.fullmatch(package, arg)]
+    ours = [arg for arg in arguments if re.fullmatch(package, arg)]
     assert ours, (
         f"installs something other than airflow-provider-octopusx (or its wheel of {__version__}): {argv}"
     )
     for arg in ours:
         extras = set(re.findall(r"[\w-]+", arg.partition("[")[2]))
         assert extras <= package_extras(), f"{arg}: pyproject.toml has no extra {extras - package_extras()}"
-    for arg in argv[2:]:
+    for arg in arguments:
         assert arg in ours or re.fullmatch(r"apache-airflow-providers-[\w-]+(\[[\w,-]+\])?", arg), (
             f"pip installs {arg!r}, which is neither this package nor an Airflow provider"
         )
@@ -454,9 +485,9 @@ def run_curl(argv: list[str], request: pytest.FixtureRequest) -> None:
 
 
 def check_command(argv: list[str], request: pytest.FixtureRequest) -> None:
-    if argv in (["./dev", "demo"], ["./dev", "test"]):
+    if argv in (["./dev", "demo"], ["./dev", "test"], ["./dev", "lock"]):
         # ./dev test is what CI runs (.ci/run); ./dev demo runs an example DAG that tests/example_dags
-        # runs too.
+        # runs too; the locks ./dev lock writes are checked by tests/test_test_environments.py.
         return
     if argv[:3] == ["python", "-m", "airflow_octopusx.simulator"]:
         run_simulator_command(argv)
