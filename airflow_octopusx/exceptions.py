@@ -35,6 +35,7 @@ class APIError(OctopusXError):
         request_id: str | None = None,
         video_id: str | None = None,
         retry_after: float | None = None,
+        nothing_created: bool = False,
     ) -> None:
         self.message = message
         self.status_code = status_code
@@ -42,6 +43,8 @@ class APIError(OctopusXError):
         self.request_id = request_id
         self.video_id = video_id
         self.retry_after = retry_after
+        # The gateway's word that it refunded and created no video (a refusal after trying every vendor).
+        self.nothing_created = nothing_created
         details = [f"HTTP {status_code}"]
         if code:
             details.append(f"code={code}")
@@ -52,14 +55,38 @@ class APIError(OctopusXError):
         super().__init__(f"{message} ({', '.join(details)})")
 
 
-class AuthenticationError(APIError):
-    """401/403: the API key is missing, wrong or lacks access."""
+class AccountError(APIError):
+    """The account behind the connection was refused: no request on it passes, whatever the video."""
 
     def name_connection(self, conn_id: str) -> None:
-        """Say where the key is fixed in Airflow: the API's own words speak of HTTP headers, not forms."""
-        advice = f"Check the 'API key' field of connection {conn_id!r} (Admin > Connections)"
-        if advice not in str(self):
-            self.args = (f"OctopusX refused the API key: {self.args[0]}. {advice}.",)
+        """Say what to fix, and where in Airflow: the API's own words speak of HTTP, not of connections."""
+        if not getattr(self, "_connection_named", False):
+            self._connection_named = True
+            self.args = (self._explained(conn_id),)
+
+    def _explained(self, conn_id: str) -> str:
+        return f"{self.args[0]}. Check connection {conn_id!r} (Admin > Connections)."
+
+
+class AuthenticationError(AccountError):
+    """401/403: the API key is missing, wrong or lacks access."""
+
+    def _explained(self, conn_id: str) -> str:
+        return (
+            f"OctopusX refused the API key: {self.args[0]}. Check the 'API key' field of connection "
+            f"{conn_id!r} (Admin > Connections)."
+        )
+
+
+class QuotaExceededError(AccountError):
+    """The account's quota ran out (the gateway's 403 ``insufficient_user_quota``); the key is fine."""
+
+    def _explained(self, conn_id: str) -> str:
+        return (
+            f"OctopusX has no quota left for this account: {self.args[0]}. The API key of connection "
+            f"{conn_id!r} was accepted, but its account's quota has run out: top it up, then run the task "
+            "again."
+        )
 
 
 class BadRequestError(APIError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
 import hashlib
 import json
@@ -32,12 +33,32 @@ MAX_IMAGES: Final = 5
 # omni-fast has no reference-video input; those fields belong to omni-fast-v2v.
 REFERENCE_VIDEO_FIELDS: Final = ("video", "video_url", "input_video")
 
-RUNNING_STATUSES: Final = frozenset({"queued", "in_progress", "processing"})
 #: Waits log a line when the status changes and each time progress passes a multiple of this (percent).
 PROGRESS_LOG_STEP: Final = 25
-# The vendors behind the gateway spell the end of a video in more ways than the doc lists.
+#: The documented statuses, and the other spellings of them that the gateway and its vendors answer (the
+#: gateway's own task states in upper case, among them): see docs/answers.md. Compared in lower case.
+STATUS_ALIASES: Final = {
+    "queued": "queued",
+    "submitted": "queued",
+    "not_start": "queued",
+    "pending": "queued",
+    "unknown": "queued",
+    "in_progress": "in_progress",
+    "processing": "in_progress",
+    "running": "in_progress",
+    "completed": "completed",
+    "succeeded": "completed",
+    "success": "completed",
+    "failed": "failed",
+    "failure": "failed",
+}
+# Ends a video as failed under its own name, so the task's error shows it.
 FAILED_STATUSES: Final = frozenset({"failed", "cancelled", "canceled", "error"})
-COMPLETED_STATUSES: Final = frozenset({"completed", "succeeded"})
+#: Where a finished video's link may be, first found first: the doc's field, the gateway's (most of its
+#: vendor adaptors), the gateway's internal task record, and a bare ``url``.
+LINK_FIELDS: Final = ("video_url", "metadata.url", "result_url", "url")
+#: Billing details kept from an answer: at most this many entries, each a short name and a number or word.
+MAX_BILLING_ENTRIES: Final = 16
 # A status is a word or two; anything else (markup, control characters, a novel) is not one.
 _STATUS = re.compile(r"[a-z][a-z0-9_ -]{0,39}")
 
@@ -340,16 +361,23 @@ class VideoTask:
     prompt: str | None = None
     seconds: str | None = None
     resolution: str | None = None
+    #: What the gateway says it billed: ``usage`` of a finished video, and the multipliers its answer to
+    #: the submission named (``X-New-Api-Other-Ratios``), under ``ratios``.
+    billing: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_api(cls, payload: Any) -> VideoTask:
         """Parse a status answer; anything that is not a video raises ``InvalidResponseError``.
 
-        Lenient where gateways differ harmlessly (``progress`` as ``"50%"``, ``error`` as a plain string,
-        ``task_id`` for ``id``), strict where a wrong value would mislead: the id and the status.
+        Lenient where gateways differ harmlessly (``progress`` as ``"50%"``, ``error`` as a plain string or
+        ``fail_reason``, ``task_id`` for ``id``, the link in ``metadata.url``, status spellings, a
+        ``{"code": "success", "data": {...}}`` envelope), strict where a wrong value would mislead: the id
+        and the status.
         """
         if not isinstance(payload, Mapping):
             raise InvalidResponseError(f"the answer is not a JSON object: {excerpt(repr(payload), 80)}")
+        if "id" not in payload and "task_id" not in payload and isinstance(payload.get("data"), Mapping):
+            payload = payload["data"]
         video_id = payload.get("id") or payload.get("task_id")
         try:
             video_id = check_video_id(video_id)
@@ -363,22 +391,34 @@ class VideoTask:
                 f"video {video_id} has no readable status (got {excerpt(repr(status), 80)})"
             )
         status = status.strip().lower()
-        if status not in RUNNING_STATUSES | FAILED_STATUSES | COMPLETED_STATUSES:
+        status = STATUS_ALIASES.get(status, status)
+        if status not in STATUS_ALIASES and status not in FAILED_STATUSES:
             _warn_unknown_status(status)
         created_at = payload.get("created_at")
-        video_url = payload.get("video_url")
+        metadata = payload.get("metadata")
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+        usage = payload.get("usage") or metadata.get("usage")
         return cls(
             id=video_id,
             status=status,
             progress=_progress(payload.get("progress")),
-            video_url=video_url.strip() if isinstance(video_url, str) else "",
-            error=_video_error(payload.get("error")),
+            video_url=_first_link(payload, metadata),
+            error=_video_error(payload.get("error")) or _video_error(payload.get("fail_reason")),
             model=_optional_text(payload.get("model")),
             created_at=created_at if type(created_at) is int else None,
             prompt=_optional_text(payload.get("prompt")),
             seconds=_optional_text(payload.get("seconds")),
             resolution=_optional_text(payload.get("resolution")),
+            billing={"usage": parsed} if (parsed := billing_entries(usage)) else {},
         )
+
+    def with_billing_ratios(self, header: str | None) -> VideoTask:
+        """This video with the multipliers a submission's answer named in ``X-New-Api-Other-Ratios``."""
+        try:
+            ratios = billing_entries(json.loads(header)) if header else {}
+        except (ValueError, RecursionError):
+            ratios = {}
+        return dataclasses.replace(self, billing={**self.billing, "ratios": ratios}) if ratios else self
 
     @property
     def milestone(self) -> tuple[str, int]:
@@ -387,7 +427,7 @@ class VideoTask:
 
     @property
     def is_completed(self) -> bool:
-        return self.status in COMPLETED_STATUSES
+        return self.status == "completed"
 
     @property
     def is_failed(self) -> bool:
@@ -407,6 +447,36 @@ class VideoTask:
                 self.id, f"the API reported status {self.status!r} without an error message"
             )
         raise VideoFailedError(self.id, self.error.message, self.error.code)
+
+
+def _first_link(payload: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    """The first http(s) link among ``LINK_FIELDS``; "" if there is none."""
+    for name in LINK_FIELDS:
+        link = metadata.get("url") if name == "metadata.url" else payload.get(name)
+        if is_web_link(link):
+            return str(link).strip()
+    return ""
+
+
+def billing_entries(value: Any) -> dict[str, float | str]:
+    """A billing object as short names to finite numbers or short words; anything else is left out."""
+    if not isinstance(value, Mapping):
+        return {}
+    entries: dict[str, float | str] = {}
+    for key, item in value.items():
+        if len(entries) == MAX_BILLING_ENTRIES:
+            break
+        if not isinstance(key, str) or not _STATUS.fullmatch(key.lower()):
+            continue
+        if isinstance(item, bool):
+            continue
+        if (
+            (isinstance(item, int) and abs(item) < 2**53)
+            or (isinstance(item, float) and math.isfinite(item))
+            or (isinstance(item, str) and len(item) <= 40 and item.isprintable())
+        ):
+            entries[key] = item
+    return entries
 
 
 def _optional_text(value: Any) -> str | None:

@@ -42,6 +42,8 @@ from tests.hostile import HostileServer  # noqa: E402
 from tests.support.task_context import MemoryTaskStateStore, RecordingTaskInstance  # noqa: E402
 
 AIRFLOW_3_3 = Version(AIRFLOW_VERSION) >= Version("3.3")
+#: Runs a test against the simulator answering as the API's doc says, and as its new-api gateway does.
+BOTH_FLAVOURS = pytest.mark.parametrize("octopusx_simulator", ["doc", "new-api"], indirect=True)
 
 if TYPE_CHECKING:
     from airflow_octopusx.simulator import Simulator

@@ -19,6 +19,7 @@ from airflow_octopusx.exceptions import (
     BadRequestError,
     InvalidResponseError,
     NotFoundError,
+    QuotaExceededError,
     RateLimitError,
     ServerError,
     TransportError,
@@ -29,6 +30,8 @@ from airflow_octopusx.models import VideoTask
 
 #: A status answer is a few hundred bytes; an error page a few KiB. Anything longer is not the API's.
 MAX_ANSWER_BYTES = 1024 * 1024
+#: The gateway's answer to a submission names the multipliers of its price here, e.g. ``{"seconds": 8}``.
+BILLING_RATIOS_HEADER = "x-new-api-other-ratios"
 #: Of an error answer only the start is read: its message is quoted in a short excerpt at most.
 MAX_ERROR_BYTES = 64 * 1024
 _ERROR_CLASSES: dict[int, type[APIError]] = {
@@ -39,6 +42,15 @@ _ERROR_CLASSES: dict[int, type[APIError]] = {
     422: BadRequestError,
     429: RateLimitError,
 }
+#: Error codes that say more than their HTTP status: the gateway answers an unknown id with 400
+#: ``task_not_exist``, and an exhausted quota with 403 (OpenAI-style APIs with 429 ``insufficient_quota``).
+_CODE_CLASSES: dict[str, type[APIError]] = {
+    "task_not_exist": NotFoundError,
+    "insufficient_user_quota": QuotaExceededError,
+    "insufficient_quota": QuotaExceededError,
+}
+#: The gateway's own refusals of a submission after it tried every vendor: it refunded and created nothing.
+_REFUSED_BEFORE_CREATING = frozenset({(429, "rate_limit_exceeded"), (503, "service_unavailable")})
 
 
 @dataclass(frozen=True)
@@ -100,14 +112,15 @@ def video_from(answer: Answer, video_id: str | None = None) -> VideoTask:
 
 
 def submitted_video_from(answer: Answer) -> VideoTask:
-    """The video a submission created; a redirect is never followed, as it would send the body again."""
+    """The video a submission created, with the billing multipliers the gateway named; a redirect is never
+    followed, as it would send the body again."""
     if 300 <= answer.status_code < 400:
         raise InvalidResponseError(
             f"the API answered HTTP {answer.status_code}, a redirect to "
             f"{excerpt(answer.headers.get('location', 'nowhere'), 120)}, which a submission never follows "
             "(check the connection's base URL)"
         )
-    return video_from(answer)
+    return video_from(answer).with_billing_ratios(answer.headers.get(BILLING_RATIOS_HEADER))
 
 
 def parse_json(body: bytes) -> Any:
@@ -123,9 +136,11 @@ def raise_for_status(answer: Answer, video_id: str | None = None) -> None:
     """Nothing for a 2xx or 3xx answer; for any other the matching ``APIError``."""
     if answer.status_code < 400:
         return
-    message, code = _error_details(answer)
+    message, code, task_error = _error_details(answer)
     status = answer.status_code
-    error_class = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
+    error_class = _CODE_CLASSES.get(code or "") or _ERROR_CLASSES.get(
+        status, ServerError if status >= 500 else APIError
+    )
     raise error_class(
         message,
         status_code=status,
@@ -133,23 +148,33 @@ def raise_for_status(answer: Answer, video_id: str | None = None) -> None:
         request_id=_optional_excerpt(answer.headers.get("x-request-id")),
         video_id=video_id,
         retry_after=parse_retry_after(answer.headers.get("retry-after")),
+        nothing_created=task_error and (status, code) in _REFUSED_BEFORE_CREATING,
     )
 
 
-def _error_details(answer: Answer) -> tuple[str, str | None]:
-    """The API's OpenAI-style ``{"error": {"message", "code"}}``, or the start of any other body."""
+def _error_details(answer: Answer) -> tuple[str, str | None, bool]:
+    """Message and code of an error answer, and whether it is the gateway's task error.
+
+    The doc's (and the gateway middleware's) OpenAI-style ``{"error": {"message", "code"}}``, the
+    gateway's task error ``{"code", "message", "data"}`` at the top level, or the start of any other body.
+    """
     try:
         payload = json.loads(answer.body)
     except (ValueError, RecursionError):
         payload = None
-    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        payload = {}
+    error = payload.get("error")
     if isinstance(error, dict) and error.get("message"):
         code = error.get("code") or error.get("type")
-        return excerpt(error["message"]), _optional_excerpt(code)
+        return excerpt(error["message"]), _optional_excerpt(code), False
     if isinstance(error, str) and error.strip():
-        return excerpt(error), None
+        return excerpt(error), None, False
+    code, message = _optional_excerpt(payload.get("code")), payload.get("message")
+    if code and isinstance(message, str) and message.strip():
+        return excerpt(message), code, True
     text = excerpt(answer.body)
-    return text or excerpt(answer.reason) or "HTTP error", None
+    return text or excerpt(answer.reason) or "HTTP error", None, False
 
 
 def _optional_excerpt(value: Any) -> str | None:

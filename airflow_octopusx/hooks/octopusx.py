@@ -17,10 +17,13 @@ from tenacity import AsyncRetrying, Retrying
 
 from airflow_octopusx import __version__
 from airflow_octopusx.exceptions import (
+    AccountError,
     AmbiguousSubmissionError,
     AuthenticationError,
     InvalidResponseError,
+    NotFoundError,
     OctopusXError,
+    QuotaExceededError,
     TransportError,
     VideoDownloadError,
     VideoTimeoutError,
@@ -282,7 +285,7 @@ class OctopusXHook(BaseHook):
     def _naming_connection_on_refused_key(self) -> Iterator[None]:
         try:
             yield
-        except AuthenticationError as error:
+        except AccountError as error:
             error.name_connection(self.octopusx_conn_id)
             raise
 
@@ -379,9 +382,10 @@ class OctopusXHook(BaseHook):
 
         Each attempt looks the video up afresh for a new signed ``video_url``. A refused link (expired, or
         one the link rules do not allow) is asked for once more, then the authenticated
-        ``/v1/videos/{id}/content`` proxy is used (also when the link is empty). A transfer cut short
-        resumes with a ``Range`` request, or starts over if the server cannot. ``timeout`` bounds the
-        whole download in seconds, however slowly the bytes arrive.
+        ``/v1/videos/{id}/content`` proxy is used (also when there is no link, or the link is that proxy's
+        own). A transfer cut short resumes with a ``Range`` request, or starts over if the server cannot;
+        an attempt that added bytes costs no attempt, since the gateway's proxy cuts every transfer at 60
+        s. ``timeout`` bounds the whole download in seconds, however slowly the bytes arrive.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._naming_connection_on_refused_key(), Mp4Sink(video_id, file, max_bytes, deadline) as sink:
@@ -389,14 +393,14 @@ class OctopusXHook(BaseHook):
 
     def _download_into(self, sink: Mp4Sink, chunk_size: int | None) -> DownloadedVideo:
         video_id = sink.video_id
-        failures = refused_links = 0
+        failures = refused_links = most_written = 0
         while True:
             video = self.get_video(video_id)
             video.raise_if_failed()
             if not video.is_completed:
                 raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
             # A refused link costs no attempt: after two, /content is used, which raises no _LinkRefused.
-            use_link = is_web_link(video.video_url) and refused_links < 2
+            use_link = self._is_own_link(video) and refused_links < 2
             try:
                 try:
                     self._transfer(
@@ -421,7 +425,10 @@ class OctopusXHook(BaseHook):
                     "asking for a fresh one" if refused_links == 1 else "using the API's /content download",
                 )
             except OctopusXError as error:
-                failures += 1
+                # Bounded all the same, by the deadline that _transfer checks; without one, by the count.
+                progressed = sink.written > most_written and sink.deadline is not None
+                failures = 1 if progressed else failures + 1
+                most_written = max(most_written, sink.written)
                 if failures == self.retry_policy.max_attempts or not self.retry_policy.is_retryable(
                     error, idempotent=True
                 ):
@@ -435,6 +442,20 @@ class OctopusXHook(BaseHook):
                     delay,
                 )
                 time.sleep(delay)
+
+    def _is_own_link(self, video: VideoTask) -> bool:
+        """Whether the video has a link of its own, not one to the API's ``/content`` proxy of itself.
+
+        The gateway builds such links from its own configured address, which may not be the
+        connection's: whatever the origin, the video is fetched from the connection's ``/content``.
+        """
+        if not is_web_link(video.video_url):
+            return False
+        try:
+            path = httpx.URL(video.video_url).path
+        except httpx.InvalidURL:
+            return True  # refused, with its reason, when it is followed
+        return not path.endswith(f"{_video_path(video.id)}/content")
 
     def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int | None) -> None:
         """One GET of the video into ``sink``, from where the last attempt stopped."""
@@ -480,7 +501,7 @@ class OctopusXHook(BaseHook):
             raise TransportError(f"{what} ended at {sink.written} of {total} bytes", request_sent=True)
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check URL and key by asking for a video id that cannot exist: a 404 proves both, for free.
+        """Check URL and key by asking for a video id that cannot exist: "no such video" proves both, free.
 
         The UI's Test button runs this under a throwaway connection id, so messages say "this connection".
         """
@@ -488,11 +509,15 @@ class OctopusXHook(BaseHook):
             self._endpoint = ApiEndpoint.from_connection(
                 self.get_connection(self.octopusx_conn_id), name="This connection"
             )
-            answer = self._exchange("GET", _video_path("octopusx-connection-test"))
-            if answer.status_code == 404:
-                return True, f"Connected to {self.endpoint.base_url}; the API key was accepted."
-            raise_for_status(answer)
+            raise_for_status(self._exchange("GET", _video_path("octopusx-connection-test")))
             return True, f"Connected to {self.endpoint.base_url}."
+        except NotFoundError:
+            return True, f"Connected to {self.endpoint.base_url}; the API key was accepted."
+        except QuotaExceededError as error:
+            return True, (
+                f"Connected to {self.endpoint.base_url}; the API key was accepted, but its account's quota "
+                f"has run out: {error}"
+            )
         except AuthenticationError as error:
             return False, f"OctopusX refused the API key: {error}. Check the 'API key' field."
         except OctopusXError as error:

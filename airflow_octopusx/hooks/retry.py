@@ -12,6 +12,7 @@ from typing import Any
 from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
 
 from airflow_octopusx.exceptions import (
+    APIError,
     InvalidResponseError,
     RateLimitError,
     ServerError,
@@ -28,7 +29,8 @@ class RetryPolicy:
 
     A read (``idempotent=True``) is retried on transport errors, unreadable answers, 429 and 5xx. A
     submission creates a billed video, so it is retried only when the server provably did no work: the
-    connection was never made, or the server refused up front (429, or 503 with ``Retry-After``).
+    connection was never made, or the server refused up front (429, 503 with ``Retry-After``, or the
+    gateway's own word that it created nothing: ``APIError.nothing_created``).
 
     A video the API failed is a different matter: see ``is_transient_failure``.
     """
@@ -39,6 +41,8 @@ class RetryPolicy:
     max_retry_after: float = 60.0
 
     def is_retryable(self, error: BaseException, *, idempotent: bool) -> bool:
+        if isinstance(error, APIError) and error.nothing_created:
+            return True
         if isinstance(error, TransportError):
             return idempotent or not error.request_sent
         if isinstance(error, InvalidResponseError):

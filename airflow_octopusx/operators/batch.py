@@ -18,7 +18,7 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_octopusx.exceptions import (
-    AuthenticationError,
+    AccountError,
     BadRequestError,
     InvalidVideoRequest,
     OctopusXError,
@@ -27,7 +27,7 @@ from airflow_octopusx.exceptions import (
 )
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy, is_transient_failure
-from airflow_octopusx.models import VideoRequest
+from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import (
     DEFAULT_ASSET_ALIAS,
     DEFAULT_DOWNLOAD_TIMEOUT,
@@ -85,7 +85,8 @@ class GenerateVideosOperator(BaseOperator):
     :param asset_alias: the folder is announced through ``AssetAlias(asset_alias)``, one event per try
         that stored videos, with its ``uri`` and how many; ``None`` announces nothing.
     :return: one result per request, in request order: ``index``, ``video_id``, ``status`` (``stored``,
-        ``failed``, ``timeout`` or ``not_submitted``), ``uri`` and ``error`` (``code``, ``message``).
+        ``failed``, ``timeout`` or ``not_submitted``), ``uri``, ``error`` (``code``, ``message``) and
+        ``billing`` (what the gateway said it billed, e.g. ``{"ratios": {"seconds": 8, "size": 1}}``).
     """
 
     template_fields: Sequence[str] = ("requests", "defaults", "destination")
@@ -321,14 +322,14 @@ class _SubmitGate:
         self._lock = threading.Lock()
         self._not_before = 0.0
 
-    def submit(self, hook: OctopusXHook, request: VideoRequest) -> str:
+    def submit(self, hook: OctopusXHook, request: VideoRequest) -> VideoTask:
         for attempt in range(1, self._policy.max_attempts + 1):
             with self._lock:
                 pause = self._not_before - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
             try:
-                return hook.submit_video(request).id
+                return hook.submit_video(request)
             except OctopusXError as error:
                 if attempt == self._policy.max_attempts or not self._policy.is_retryable(
                     error, idempotent=False
@@ -389,8 +390,11 @@ class _Records:
         return list(self._records)
 
     def _set(self, index: int, video_id: str | None, status: str, **more: Any) -> None:
-        record = {"request": self._fingerprints[index], "video_id": video_id, "status": status}
-        self._records[index] = record | {"error": None} | more
+        earlier = self._records[index]
+        record = {"request": self._fingerprints[index], "video_id": video_id, "status": status, "error": None}
+        if earlier and earlier["video_id"] == video_id and earlier.get("billing"):
+            record["billing"] = earlier["billing"]
+        self._records[index] = record | more
         self._unsaved_pages.add(index // PAGE_SIZE)
 
     def forget_failed(self) -> None:
@@ -410,11 +414,17 @@ class _Records:
         record = self._records[index]
         return record is None or bool(record.get("resend"))
 
-    def submitted(self, index: int, future: Future[str]) -> None:
+    def submitted(self, index: int, future: Future[VideoTask]) -> None:
         try:
-            self._set(index, future.result(), "rendering")
-        except (BadRequestError, AuthenticationError) as error:
+            video = future.result()
+            self._set(
+                index, video.id, "rendering", **({"billing": dict(video.billing)} if video.billing else {})
+            )
+        except BadRequestError as error:
             self._set(index, None, "not_submitted", error=_error(error.code, error))
+        except AccountError as error:
+            # Refused before any video was made (a key, a quota): a retry, once that is fixed, sends it.
+            self._set(index, None, "not_submitted", error=_error(error.code, error), resend=True)
         except OctopusXError as error:
             if RetryPolicy().is_retryable(error, idempotent=False):
                 # Provably never reached the API (no connection, 429): a retry may send it.
@@ -476,6 +486,7 @@ class _Records:
                     "status": status,
                     "uri": uri_of(record["video_id"]) if status == "stored" else None,
                     "error": record["error"],
+                    "billing": record.get("billing", {}),
                 }
             )
         return results

@@ -102,6 +102,8 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 # A capped video at a slow 1 MB/s takes about 36 minutes; a CDN dripping bytes must not hold a slot forever.
 DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 VIDEO_URL_XCOM_KEY = "video_url"
+#: What the gateway said it billed for the video, where it said anything: ``ratios`` and ``usage``.
+BILLING_XCOM_KEY = "billing"
 #: The asset alias stored videos are announced through when their path is known only at run time.
 DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
@@ -329,7 +331,12 @@ class SubmitVideoOperator(BaseOperator):
             # Airflow's own retry would submit again and might pay for a second video.
             raise AirflowFailException(str(error)) from error
         if store is not None:
-            store.set(SUBMISSION_STATE_KEY, {"video_id": video.id, "request": fingerprint})
+            record: dict[str, Any] = {
+                "video_id": video.id,
+                "request": fingerprint,
+                "billing": dict(video.billing),
+            }
+            store.set(SUBMISSION_STATE_KEY, record)
         self.log.info("Submitted video %s (%s)", video.id, request.describe())
         return video
 
@@ -395,6 +402,9 @@ class SubmitVideoOperator(BaseOperator):
         )
         context["ti"].xcom_push(key=VIDEO_URL_XCOM_KEY, value=link)
         self.video_link = link
+        billing = {**_recorded_billing(context), **video.billing}
+        if billing:
+            context["ti"].xcom_push(key=BILLING_XCOM_KEY, value=billing)
         _forget_submission(context)
         return video.id
 
@@ -415,6 +425,14 @@ def _in_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.2f} GB"
+
+
+def _recorded_billing(context: Context) -> dict[str, Any]:
+    """What the gateway named at submission (its price multipliers), as the submission record keeps it."""
+    store = context.get("task_state_store")
+    record = store.get(SUBMISSION_STATE_KEY) if store is not None else None
+    billing = record.get("billing") if isinstance(record, dict) else None
+    return billing if isinstance(billing, dict) else {}
 
 
 def _forget_submission(context: Context) -> None:
@@ -537,6 +555,7 @@ def announce_stored_video(
         "seconds": video.seconds,
         "resolution": video.resolution,
         "bytes": downloaded.size,
+        "billing": dict(video.billing) or None,
     }
     extra = {key: value for key, value in described.items() if value is not None}
     for outlet in outlets:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from airflow_octopusx.simulator.server import Simulator
-from airflow_octopusx.simulator.state import Settings
+from airflow_octopusx.simulator.state import FLAVOURS, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="how long a random 'slow' fault holds a request (default: %(default)s)",
     )
+    parser.add_argument(
+        "--flavour",
+        choices=FLAVOURS,
+        default="doc",
+        help="answer as the API doc says or as the new-api gateway does (default: %(default)s)",
+    )
     return parser
 
 
@@ -74,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fault_rate=args.fault_rate,
             fault_seed=args.fault_seed,
             slow_seconds=args.slow_seconds,
+            flavour=args.flavour,
         )
     except ValueError as error:
         parser.error(str(error))

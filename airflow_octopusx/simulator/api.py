@@ -19,13 +19,14 @@ from starlette.types import ASGIApp
 from airflow_octopusx.simulator import signing
 from airflow_octopusx.simulator.faults import ROUTE_CONTENT, ROUTE_CREATE, ROUTE_RETRIEVE
 from airflow_octopusx.simulator.media import VideoBody
-from airflow_octopusx.simulator.responses import VideoResponse, api_error, serve_with_fault
-from airflow_octopusx.simulator.state import Settings, SimulatorState, Video
+from airflow_octopusx.simulator.responses import VideoResponse, api_error, serve_with_fault, task_error
+from airflow_octopusx.simulator.state import QUEUED_FRACTION, Settings, SimulatorState, Video
 from airflow_octopusx.simulator.validation import InvalidRequest, validate_create
 
 
 class VideosApi:
-    """Handlers for the documented endpoints, answering like the real service (errors included)."""
+    """Handlers for the documented endpoints, answering like the real service (errors included), in the
+    shapes of the simulator's ``flavour``: the doc's, or the new-api gateway's (docs/answers.md)."""
 
     def __init__(self, state: SimulatorState, *, cdn_url: str) -> None:
         self.state = state
@@ -38,9 +39,15 @@ class VideosApi:
             Route("/v1/videos/{video_id}/content", self.content, methods=["GET"]),
         ]
 
+    @property
+    def _gateway(self) -> bool:
+        return self.state.settings.flavour != "doc"
+
     async def create(self, request: Request) -> ASGIApp:
         fault = self.state.admit(ROUTE_CREATE, _client(request), prompt=_prompt_of(await request.body()))
-        return await serve_with_fault(fault, request.scope, lambda: self._create(request), cdn=False)
+        return await serve_with_fault(
+            fault, request.scope, lambda: self._create(request), cdn=False, task_shaped=self._gateway
+        )
 
     async def retrieve(self, request: Request) -> ASGIApp:
         return await self._serve_video(ROUTE_RETRIEVE, request, self._retrieve)
@@ -61,7 +68,7 @@ class VideosApi:
         try:
             payload = json.loads(await request.body())
         except ValueError:
-            return api_error(
+            return self._error(
                 400,
                 "We could not parse the JSON body of your request. Send a JSON object "
                 "with 'Content-Type: application/json'.",
@@ -70,19 +77,34 @@ class VideosApi:
         try:
             model = validate_create(payload)
         except InvalidRequest as exc:
-            return api_error(400, exc.message, code=exc.code, param=exc.param)
+            return self._error(400, exc.message, code=exc.code, param=exc.param)
         seconds, resolution = payload.get("seconds"), payload.get("resolution")
         video = self.state.create_video(
             model, payload["prompt"], None if seconds is None else str(seconds), resolution
         )
-        return JSONResponse(self._render(video))
+        if video is None:
+            if self._gateway:  # its pre-consume of the estimated price failed
+                return task_error(403, "user quota is not enough", code="insufficient_user_quota")
+            return api_error(
+                429,
+                "You exceeded your current quota.",
+                code="insufficient_quota",
+                error_type="insufficient_quota",
+            )
+        headers = None
+        if self._gateway:  # the multipliers of the price the gateway reserved
+            ratios = {"seconds": int(video.seconds or 4), "size": 1}
+            headers = {"X-New-Api-Other-Ratios": json.dumps(ratios)}
+        return JSONResponse(self._render(video), headers=headers)
 
     async def _retrieve(self, request: Request) -> ASGIApp:
         if denied := self._deny_unauthenticated(request):
             return denied
         video = self.state.get_video(request.path_params["video_id"])
         if video is None:
-            return _video_not_found(request.path_params["video_id"])
+            return self._video_not_found(request.path_params["video_id"])
+        if self.state.settings.flavour == "new-api-task-dto":
+            return JSONResponse({"code": "success", "data": self._task_dto(video)})
         # A retrieved video also echoes what was asked for (the create answer keeps its documented shape).
         described = {"prompt": video.prompt, "seconds": video.seconds, "resolution": video.resolution}
         rendered = self._render(video) | {key: value for key, value in described.items() if value is not None}
@@ -93,8 +115,10 @@ class VideosApi:
             return denied
         video = self.state.get_video(request.path_params["video_id"])
         if video is None:
-            return _video_not_found(request.path_params["video_id"])
+            return self._video_not_found(request.path_params["video_id"])
         status, _ = video.progress_at(time.monotonic())
+        if status != "completed" and self._gateway:
+            return api_error(400, "Task is not completed yet", code="invalid_request")
         if status != "completed":
             return api_error(
                 409,
@@ -106,7 +130,12 @@ class VideosApi:
             # Like an API that proxies to object storage: the client must follow it to another origin.
             return RedirectResponse(self._signed_url(video.id, settings), status_code=302)
         body = VideoBody.build(self.state.sample, settings.video_size_bytes)
-        return VideoResponse(body, etag=f'"{video.id}-{body.total}"', on_sent=self.state.record_video_served)
+        return VideoResponse(
+            body,
+            etag=f'"{video.id}-{body.total}"',
+            cut_after=settings.content_cut_bytes,
+            on_sent=self.state.record_video_served,
+        )
 
     def _deny_unauthenticated(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -136,11 +165,49 @@ class VideosApi:
             "video_url": "",
         }
         settings = self.state.settings
-        if status == "completed" and not settings.empty_video_url:
-            rendered["video_url"] = self._signed_url(video.id, settings)
+        link = self._signed_url(video.id, settings) if status == "completed" else ""
+        if settings.empty_video_url:
+            link = ""
         if status == "failed" and video.failure is not None:
             rendered["error"] = {"message": video.failure.message, "code": video.failure.code}
+        if not self._gateway:
+            rendered["video_url"] = link
+            return rendered
+        # The gateway: NOT_START reads "unknown"; most vendors' link is in metadata.url and there is no
+        # video_url key; a finished video carries what was billed.
+        del rendered["video_url"]
+        if (
+            status == "queued"
+            and time.monotonic() - video.started < video.generation_seconds * QUEUED_FRACTION / 2
+        ):
+            rendered["status"] = "unknown"
+        if status in ("completed", "failed"):
+            rendered["metadata"] = {"url": link or None, "usage": {"seconds": int(video.seconds or 4)}}
         return rendered
+
+    def _task_dto(self, video: Video) -> dict[str, Any]:
+        """The gateway's internal task record, which one of its releases answered this route with."""
+        status, progress = video.progress_at(time.monotonic())
+        failed = status == "failed" and video.failure is not None
+        link = self._signed_url(video.id, self.state.settings) if status == "completed" else ""
+        return {
+            "task_id": video.id,
+            "status": {"queued": "SUBMITTED", "in_progress": "IN_PROGRESS"}.get(status, status.upper()),
+            "progress": f"{progress}%",
+            "fail_reason": video.failure.message if failed and video.failure else "",
+            "result_url": "" if self.state.settings.empty_video_url else link,
+        }
+
+    def _error(self, status: int, message: str, *, code: str, param: str | None = None) -> Response:
+        """An error of the service itself (not of its middleware): the gateway's task shape, or the doc's."""
+        if self._gateway:
+            return task_error(status, message, code=code)
+        return api_error(status, message, code=code, param=param)
+
+    def _video_not_found(self, video_id: str) -> Response:
+        if self._gateway:
+            return task_error(400, "task_not_exist", code="task_not_exist")
+        return api_error(404, f"No video found with id '{video_id}'.", code="not_found", param="video_id")
 
     def _signed_url(self, video_id: str, settings: Settings) -> str:
         """A fresh link on every poll, valid for at least ``url_ttl_seconds`` from now.
@@ -169,10 +236,6 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     message = f"{request.method} {request.url.path}: {exc.detail if isinstance(exc, HTTPException) else exc}"
     headers = exc.headers if isinstance(exc, HTTPException) else None
     return api_error(status, message, code=code, headers=dict(headers) if headers else None)
-
-
-def _video_not_found(video_id: str) -> Response:
-    return api_error(404, f"No video found with id '{video_id}'.", code="not_found", param="video_id")
 
 
 def _prompt_of(body: bytes) -> str:

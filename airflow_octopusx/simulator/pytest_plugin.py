@@ -25,7 +25,14 @@ def octopusx_simulator_session() -> Iterator[Simulator]:
 
 
 @pytest.fixture
-def octopusx_simulator(octopusx_simulator_session: Simulator) -> Simulator:
-    """The running session simulator, reset to fresh state and default settings for this test."""
+def octopusx_simulator(octopusx_simulator_session: Simulator, request: pytest.FixtureRequest) -> Simulator:
+    """The running session simulator, reset to fresh state and default settings for this test.
+
+    Parametrize it indirectly with a flavour to run a test against the new-api gateway's shapes too:
+    ``@pytest.mark.parametrize("octopusx_simulator", ["doc", "new-api"], indirect=True)``.
+    """
     octopusx_simulator_session.reset()
+    flavour = getattr(request, "param", None)
+    if flavour is not None:
+        octopusx_simulator_session.configure(flavour=flavour)
     return octopusx_simulator_session

@@ -55,6 +55,13 @@ def api_error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def task_error(
+    status: int, message: str, *, code: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error in the new-api gateway's task shape: ``{"code", "message", "data"}`` at the top level."""
+    return JSONResponse({"code": code, "message": message, "data": None}, status_code=status, headers=headers)
+
+
 def cdn_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """An S3/CloudFront-style XML error, which is what a CDN in front of object storage answers."""
     body = (
@@ -64,8 +71,9 @@ def cdn_error(status: int, code: str, message: str, headers: dict[str, str] | No
     return Response(body, status_code=status, media_type="application/xml", headers=headers)
 
 
-def fault_response(fault: Fault, *, cdn: bool) -> Response:
-    """The answer of a ``status`` fault (or ``status_after_handling``), in the dialect of its origin."""
+def fault_response(fault: Fault, *, cdn: bool, task_shaped: bool = False) -> Response:
+    """The answer of a ``status`` fault (or ``status_after_handling``), in the dialect of its origin;
+    ``task_shaped``: in the gateway's task-error shape."""
     headers: dict[str, str] = {}
     if isinstance(fault.retry_after, str):
         headers["Retry-After"] = fault.retry_after
@@ -79,6 +87,8 @@ def fault_response(fault: Fault, *, cdn: bool) -> Response:
     if cdn:
         cdn_code = fault.code or _CDN_ERROR_CODES.get(fault.status, "ServiceUnavailable")
         return cdn_error(fault.status, cdn_code, fault.message or message, headers)
+    if task_shaped:
+        return task_error(fault.status, fault.message or message, code=fault.code or code, headers=headers)
     return api_error(
         fault.status,
         fault.message or message,
@@ -98,6 +108,7 @@ class VideoResponse:
     With ``truncate`` it advertises the full ``Content-Length``, sends half of the bytes and then
     closes the connection, the way an interrupted download looks to a client. ``on_sent`` is told
     the number of body bytes handed to the connection and whether it was a range, once it is over.
+    ``cut_after`` > 0 closes the connection after that many body bytes, as a proxy's time limit does.
     """
 
     def __init__(
@@ -106,15 +117,19 @@ class VideoResponse:
         *,
         etag: str,
         truncate: bool = False,
+        cut_after: int = 0,
         on_sent: Callable[[int, bool], None] | None = None,
     ) -> None:
         self.body = body
         self.etag = etag
         self.truncate = truncate
+        self.cut_after = cut_after
         self.on_sent = on_sent
 
     def truncated(self) -> VideoResponse:
-        return VideoResponse(self.body, etag=self.etag, truncate=True, on_sent=self.on_sent)
+        return VideoResponse(
+            self.body, etag=self.etag, truncate=True, cut_after=self.cut_after, on_sent=self.on_sent
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         total = self.body.total
@@ -145,10 +160,12 @@ class VideoResponse:
         sent = 0
         try:
             end = start + (stop - start) // 2 if self.truncate else stop
+            if self.cut_after:
+                end = min(end, start + self.cut_after)
             for chunk in self.body.iter_bytes(start, end):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 sent += len(chunk)
-            if self.truncate:
+            if end < stop:
                 await ConnectionControl.of(scope).close()
             else:
                 await send({"type": "http.response.body", "body": b""})
@@ -165,19 +182,26 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 async def serve_with_fault(
-    fault: Fault | None, scope: Scope, handle: Callable[[], Awaitable[ASGIApp]], *, cdn: bool
+    fault: Fault | None,
+    scope: Scope,
+    handle: Callable[[], Awaitable[ASGIApp]],
+    *,
+    cdn: bool,
+    task_shaped: bool = False,
 ) -> ASGIApp:
     """Answer a request through ``handle``, misbehaving as ``fault`` says (see :class:`Fault`).
 
     Faults before handling leave no trace in the service: an error, a reset, or a delay after which a
     departed client's request is dropped. The after-handling kinds run ``handle`` - a submission creates
-    its video - and only then lose or hold back the answer.
+    its video - and only then lose or hold back the answer. ``task_shaped``: a ``status`` fault answers
+    in the gateway's task-error shape, its word that nothing was created; an after-handling one never
+    does, as the video exists.
     """
     if fault is None:
         return await handle()
     connection = ConnectionControl.of(scope)
     if fault.kind == "status":
-        return fault_response(fault, cdn=cdn)
+        return fault_response(fault, cdn=cdn, task_shaped=task_shaped)
     if fault.kind == "reset":
         await connection.reset()
         return no_response

@@ -192,6 +192,9 @@ class Simulator:
         fault_kinds: Sequence[str] | None = None,
         slow_seconds: float | None = None,
         max_retry_after_seconds: int | None = None,
+        flavour: str | None = None,
+        quota_videos: int | None = None,
+        content_cut_bytes: int | None = None,
     ) -> Settings:
         """Change some settings (until the next :meth:`reset`); returns the settings now in force.
 
@@ -210,6 +213,9 @@ class Simulator:
             "fault_kinds": None if fault_kinds is None else tuple(fault_kinds),
             "slow_seconds": slow_seconds,
             "max_retry_after_seconds": max_retry_after_seconds,
+            "flavour": flavour,
+            "quota_videos": quota_videos,
+            "content_cut_bytes": content_cut_bytes,
         }
         return self._state.configure({k: v for k, v in changes.items() if v is not None})
 

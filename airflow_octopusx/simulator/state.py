@@ -37,6 +37,12 @@ QUEUED_FRACTION = 0.15
 #: Point of the generation time at which a video chosen to fail stops.
 FAIL_AT_FRACTION = 0.5
 
+#: How the simulator answers: as the API's doc says (``doc``), as the new-api gateway OctopusX runs on
+#: answers (``new-api``: task errors at the top level, unknown ids as 400, the link in ``metadata.url``,
+#: ``unknown`` before ``queued``, billing ratios on submission), or as one release of that gateway did
+#: (``new-api-task-dto``: its internal task record, upper-case statuses, ``result_url``).
+FLAVOURS = ("doc", "new-api", "new-api-task-dto")
+
 DEFAULT_FAILURE_CODE = "content_policy_violation"
 DEFAULT_FAILURE_MESSAGE = "The generated video was blocked by the content safety system."
 
@@ -56,6 +62,11 @@ class Settings:
     a ``rate_limit`` fault sends ``Retry-After`` of 0 to ``max_retry_after_seconds``. With
     ``unambiguous_posts`` a ``POST`` meets only faults whose answer says no work was done (429, 5xx),
     never a reset or a timeout, which a careful client must treat as "a video may exist".
+
+    ``flavour`` is one of :data:`FLAVOURS`. ``quota_videos`` >= 0 lets that many more videos be created,
+    then refuses submissions as an exhausted account (403 ``insufficient_user_quota`` from the gateway,
+    429 ``insufficient_quota`` in the doc's OpenAI style); -1 never runs out. ``content_cut_bytes`` > 0
+    cuts every ``/content`` answer after that many bytes, as the gateway's proxy cuts a transfer at 60 s.
     """
 
     generation_seconds: float = 3.0
@@ -69,6 +80,9 @@ class Settings:
     slow_seconds: float = 2.0
     max_retry_after_seconds: int = 1
     unambiguous_posts: bool = False
+    flavour: str = "doc"
+    quota_videos: int = -1
+    content_cut_bytes: int = 0
 
     def __post_init__(self) -> None:
         for name in ("generation_seconds", "url_ttl_seconds"):
@@ -83,6 +97,12 @@ class Settings:
         for name in ("empty_video_url", "content_redirect", "unambiguous_posts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.flavour not in FLAVOURS:
+            raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}, got {self.flavour!r}")
+        for name, least in (("quota_videos", -1), ("content_cut_bytes", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         self._check_random_faults()
 
     def _check_random_faults(self) -> None:
@@ -424,9 +444,16 @@ class SimulatorState:
 
     def create_video(
         self, model: str, prompt: str, seconds: str | None = None, resolution: str | None = None
-    ) -> Video:
-        """Register a new task that fails if its prompt asks to, else by a pending ``fail_next``."""
+    ) -> Video | None:
+        """Register a new task that fails if its prompt asks to, else by a pending ``fail_next``; None if
+        the account's quota (``quota_videos``) has run out."""
         with self._lock:
+            if self._settings.quota_videos == 0:
+                return None
+            if self._settings.quota_videos > 0:
+                self._settings = dataclasses.replace(
+                    self._settings, quota_videos=self._settings.quota_videos - 1
+                )
             asked = failure_asked_by(prompt)
             video = Video(
                 id=f"video_{secrets.token_hex(12)}",

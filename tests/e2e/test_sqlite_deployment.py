@@ -125,6 +125,30 @@ def test_a_batch_waits_in_one_trigger_and_stores_every_video_once(
     assert_one_post_per_playable_video(simulator, videos, 6)
 
 
+def test_as_the_gateway_answers_the_text_to_video_and_batch_examples_store_every_video_from_its_link(
+    deployment: Deployment, simulator: SimulatorProcess, videos: Path
+) -> None:
+    """The new-api gateway's shapes: links in metadata.url, no video_url key, unknown before queued,
+    task errors at the top level, billing ratios on each submission (docs/answers.md)."""
+    simulator.configure(flavour="new-api", generation_seconds=6)
+    text_to_video = deployment.trigger("example_octopusx_text_to_video")
+    batch = deployment.trigger(BATCH, {"videos": 6})
+
+    assert deployment.wait_for_run("example_octopusx_text_to_video", text_to_video, timeout=120) == "success"
+    assert deployment.wait_for_run(BATCH, batch, timeout=180) == "success"
+    results = deployment.api.xcom(BATCH, batch, "generate_videos")
+    assert [result["status"] for result in results] == ["stored"] * 6
+    assert all(result["billing"]["ratios"] for result in results)
+    assert_one_post_per_playable_video(simulator, videos, 7)
+    stats = simulator.stats()
+    # Every MP4 came from its own link (metadata.url), none through the API's /content.
+    assert (stats["cdn_gets"], stats["content_gets"]) == (7, 0)
+    print(
+        f"gateway flavour: {len(list(videos.glob('*.mp4')))} files, {stats['posts']} POSTs for 7 videos, "
+        f"{stats['cdn_gets']} link downloads, {stats['content_gets']} /content downloads"
+    )
+
+
 def test_submits_ended_in_the_triggerer_need_no_worker_to_resume_them(
     deployment: Deployment, simulator: SimulatorProcess, videos: Path
 ) -> None:

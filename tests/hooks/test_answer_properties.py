@@ -1,6 +1,7 @@
 """Properties of every answer the network can send, over real sockets (``tests/hostile.py``).
 
-Hypothesis makes the answers: arbitrary JSON in every field of a status answer, arbitrary status codes,
+Hypothesis makes the answers, in the doc's shapes and in the new-api gateway's (docs/answers.md): arbitrary
+JSON in every field of a status answer, its gateway spellings and envelope, arbitrary status codes,
 headers and bodies, arbitrary ``Content-Range``/``Content-Length`` and chunking of a download. Whatever
 comes, the hook ends with a parsed ``VideoTask`` or an ``OctopusXError``; a trigger yields exactly one
 event; a download stores exactly the served bytes or nothing at all. The examples are the same on every
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from airflow_octopusx.exceptions import OctopusXError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy
+from airflow_octopusx.models import VideoRequest
 from airflow_octopusx.operators.octopusx import DownloadVideoOperator
 from airflow_octopusx.simulator.media import sample_mp4
 from airflow_octopusx.triggers.octopusx import EVENT_STATUSES, VideoTaskTrigger, video_id_from_event
@@ -48,32 +50,63 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
+links = st.sampled_from(
+    ["https://cdn.test/v.mp4", "javascript:x", "", "http://[::1", "/v1/videos/video_1/content"]
+)
+billing = st.dictionaries(st.text(max_size=12), json_values, max_size=20) | json_values
 status_payloads = st.fixed_dictionaries(
     {},
     optional={
         "id": st.sampled_from(["video_1", "", "../x", "a\r\nb", "v" * 300]) | json_values,
         "task_id": st.just("video_1") | json_values,
-        "status": st.sampled_from(["queued", "in_progress", "completed", "failed", "canceled", "error", "?"])
+        "status": st.sampled_from(
+            [
+                *("queued", "in_progress", "completed", "failed", "canceled", "error", "?"),
+                # the gateway's spellings, its internal task states among them
+                *("unknown", "SUCCESS", "FAILURE", "NOT_START", "SUBMITTED", "IN_PROGRESS", "Succeeded"),
+            ]
+        )
         | json_values,
-        "progress": st.sampled_from([50, "50", "50%", 1e400, -1, 10**400]) | json_values,
-        "video_url": st.sampled_from(["https://cdn.test/v.mp4", "javascript:x", ""]) | json_values,
+        "progress": st.sampled_from([50, "50", "50%", "30%", 1e400, -1, 10**400]) | json_values,
+        "video_url": links | json_values,
         "error": st.fixed_dictionaries({}, optional={"message": json_values, "code": json_values})
         | json_values,
         "created_at": json_values,
         "model": json_values,
         "prompt": json_values,
+        # the gateway's fields: the link in metadata.url or result_url, fail_reason, what was billed
+        "metadata": st.fixed_dictionaries({}, optional={"url": links | json_values, "usage": billing})
+        | json_values,
+        "result_url": links | json_values,
+        "url": links | json_values,
+        "fail_reason": json_values,
+        "usage": billing,
+    },
+)
+# The gateway's envelope around its internal task record, as one of its releases answered.
+enveloped_payloads = st.builds(lambda data, code: {"code": code, "data": data}, status_payloads, json_values)
+# The gateway's task errors: {"code", "message", "data"} at the top level.
+task_errors = st.fixed_dictionaries(
+    {},
+    optional={
+        "code": st.sampled_from(["task_not_exist", "insufficient_user_quota", "rate_limit_exceeded"])
+        | json_values,
+        "message": json_values,
+        "data": json_values,
     },
 )
 header_names = st.sampled_from(
     [
         *("Content-Type", "Content-Length", "Content-Encoding", "Retry-After", "X-Request-Id"),
-        *("Location", "Transfer-Encoding", "Content-Range", "X-Anything"),
+        *("Location", "Transfer-Encoding", "Content-Range", "X-Anything", "X-New-Api-Other-Ratios"),
     ]
 )
 header_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"))
 headers = st.lists(st.tuples(header_names, header_values), max_size=4).map(tuple)
 bodies = st.one_of(
     status_payloads.map(lambda payload: json.dumps(payload).encode()),
+    enveloped_payloads.map(lambda payload: json.dumps(payload).encode()),
+    task_errors.map(lambda payload: json.dumps(payload).encode()),
     json_values.map(lambda value: json.dumps(value).encode()),
     st.binary(max_size=300),
     st.sampled_from([b"<html>proxy</html>", b"[" * 5000, b'{"error": {"message": "x\\ny"}}']),
@@ -92,7 +125,7 @@ def server(hostile_server_session: HostileServer, monkeypatch: pytest.MonkeyPatc
 
 
 @examples(200)
-@given(payload=status_payloads)
+@given(payload=status_payloads | enveloped_payloads)
 def test_any_status_answer_ends_as_a_video_or_our_error(
     server: HostileServer, payload: dict[str, Any]
 ) -> None:
@@ -105,6 +138,8 @@ def test_any_status_answer_ends_as_a_video_or_our_error(
             return
     assert 0 <= video.progress <= 100
     assert video.id.isprintable()
+    assert video.video_url == "" or video.video_url.startswith(("http://", "https://"))
+    json.dumps(video.billing, allow_nan=False)  # what is kept for XCom and asset events is plain JSON
     video.milestone  # noqa: B018 - computing it must not raise either
 
 
@@ -121,6 +156,27 @@ def test_any_answer_at_all_ends_as_a_video_or_our_error(server: HostileServer, a
             outcome = error
     # One line, whatever the answer held: no forged log lines from an error either.
     assert "\n" not in str(outcome)
+
+
+@examples(100)
+@given(served=st.lists(answers, min_size=1, max_size=3))
+def test_a_submission_ends_as_a_video_or_our_error_and_is_sent_again_only_after_a_refusal(
+    server: HostileServer, served: list[Answer]
+) -> None:
+    server.reset()
+    server.script("POST /v1/videos", *served)
+    policy = RetryPolicy(max_attempts=3, base_delay=0, max_delay=0, max_retry_after=0)
+    with OctopusXHook(retry_policy=policy) as hook:
+        try:
+            video = hook.submit_video(VideoRequest.build(prompt="A kite"))
+        except OctopusXError:
+            pass
+        else:
+            json.dumps(video.billing, allow_nan=False)  # what is kept for XCom is plain JSON
+    posts = len(server.seen("POST /v1/videos"))
+    # Each POST but the last got an answer saying no video was made: a 429, or a 503 that says so.
+    answered = [served[min(index, len(served) - 1)] for index in range(posts - 1)]
+    assert all(answer.status in (429, 503) for answer in answered)
 
 
 @examples(60)

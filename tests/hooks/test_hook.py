@@ -26,7 +26,7 @@ from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoRequest
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.simulator.media import sample_mp4
-from tests.conftest import connection_uri
+from tests.conftest import BOTH_FLAVOURS, connection_uri
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
 REQUEST = VideoRequest.build(prompt="Ocean waves at golden hour", seconds=8, resolution="720p")
@@ -44,6 +44,7 @@ def wait_completed(hook: OctopusXHook, video_id: str) -> None:
 
 
 class TestLifecycle:
+    @BOTH_FLAVOURS
     def test_submit_then_poll_until_completed(self, hook: OctopusXHook, octopusx_conn: Simulator) -> None:
         submitted = hook.submit_video(REQUEST)
         assert submitted.status == "queued"
@@ -91,6 +92,7 @@ class TestLifecycle:
 
 
 class TestErrors:
+    @BOTH_FLAVOURS
     def test_wrong_key_is_an_authentication_error_that_does_not_show_the_key(
         self, octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -117,6 +119,7 @@ class TestErrors:
         assert octopusx_conn.stats.posts == 1
         assert octopusx_conn.stats.videos_created == 0
 
+    @BOTH_FLAVOURS
     def test_unknown_video_is_not_found(self, hook: OctopusXHook) -> None:
         with pytest.raises(NotFoundError) as caught:
             hook.get_video("video_does_not_exist")
@@ -221,6 +224,7 @@ class TestRetries:
             Fault(route="POST /v1/videos", status=503, retry_after=0),
         ],
     )
+    @BOTH_FLAVOURS
     def test_refused_submissions_are_sent_again_and_create_one_video(
         self, hook: OctopusXHook, octopusx_conn: Simulator, refusal: Fault
     ) -> None:
@@ -248,6 +252,7 @@ class TestRetries:
 
 
 class TestDownload:
+    @BOTH_FLAVOURS
     def test_streams_the_mp4_from_the_cdn_without_the_key(
         self, hook: OctopusXHook, octopusx_conn: Simulator
     ) -> None:
@@ -276,6 +281,7 @@ class TestDownload:
         assert max(chunks) <= 1024 * 1024
         assert len(chunks) >= 10
 
+    @BOTH_FLAVOURS
     def test_empty_video_url_falls_back_to_the_content_proxy(
         self, hook: OctopusXHook, octopusx_conn: Simulator
     ) -> None:
@@ -326,6 +332,7 @@ class TestDownload:
         assert (stats.content_gets, stats.cdn_gets) == (2, 2)
         assert stats.cdn_authorization_headers == ()
 
+    @BOTH_FLAVOURS
     @pytest.mark.parametrize("route", ["GET cdn", "GET /v1/videos/{id}/content"])
     def test_a_cut_transfer_resumes_where_it_stopped(
         self, hook: OctopusXHook, octopusx_conn: Simulator, route: str
@@ -361,6 +368,7 @@ class TestDownload:
 
 
 class TestConnection:
+    @BOTH_FLAVOURS
     def test_a_good_connection_passes_without_creating_a_video(
         self, hook: OctopusXHook, octopusx_conn: Simulator
     ) -> None:
@@ -369,6 +377,7 @@ class TestConnection:
         assert octopusx_conn.stats.videos_created == 0
         assert octopusx_conn.stats.posts == 0
 
+    @BOTH_FLAVOURS
     def test_a_wrong_key_fails_with_the_api_message(
         self, octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -394,6 +403,7 @@ class TestConnection:
 
 
 class TestAsync:
+    @BOTH_FLAVOURS
     async def test_aget_video_polls_over_one_connection(self, octopusx_conn: Simulator) -> None:
         octopusx_conn.configure(generation_seconds=0.3)
         with OctopusXHook() as sync_hook:

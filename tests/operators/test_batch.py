@@ -20,6 +20,7 @@ from airflow_octopusx.operators.batch import PAGE_SIZE, RECORDED_CODE_CHARS, REC
 from airflow_octopusx.operators.octopusx import DEFAULT_ASSET_ALIAS, GenerateVideosOperator
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.batch import VideoBatchTrigger
+from tests.conftest import BOTH_FLAVOURS
 
 
 def batch(tmp_path: Path, prompts: list[str], **kwargs: Any) -> GenerateVideosOperator:
@@ -57,6 +58,7 @@ def test_one_bad_request_fails_the_task_naming_it_before_any_post(
     assert octopusx_conn.stats.posts == 0
 
 
+@BOTH_FLAVOURS
 def test_on_the_worker_every_video_is_stored_and_reported_in_request_order(
     tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
 ) -> None:
@@ -89,6 +91,7 @@ def test_more_failures_than_allowed_fail_the_task_after_storing_the_rest(
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
 
 
+@BOTH_FLAVOURS
 def test_a_retry_after_a_lost_deferral_resumes_every_video_without_a_second_post(
     tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
 ) -> None:
@@ -108,6 +111,7 @@ def test_a_retry_after_a_lost_deferral_resumes_every_video_without_a_second_post
     assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 3
 
 
+@BOTH_FLAVOURS
 def test_an_ambiguous_submission_is_reported_and_never_sent_again(
     tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
 ) -> None:
@@ -216,3 +220,25 @@ def test_a_video_stored_by_a_try_killed_before_recording_it_is_not_fetched_again
     [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
     folder = (tmp_path / "videos").as_uri()
     assert (event.dest_asset_key.uri, event.extra) == (folder, {"uri": folder, "videos": 3})
+
+
+@BOTH_FLAVOURS
+def test_an_exhausted_quota_submits_nothing_more_and_a_retry_after_topping_up_sends_the_rest(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    octopusx_conn.configure(quota_videos=1)
+    with pytest.raises(AirflowException):
+        batch(tmp_path, ["a fox", "a kite"], max_concurrent_requests=1).execute(context)
+    assert octopusx_conn.stats.videos_created == 1
+    octopusx_conn.configure(quota_videos=-1)
+    results = batch(tmp_path, ["a fox", "a kite"], max_concurrent_requests=1).execute(context)
+    assert [result["status"] for result in results] == ["stored", "stored"]
+    assert octopusx_conn.stats.videos_created == 2  # the stored one was not submitted again
+
+
+def test_what_the_gateway_billed_is_in_each_result(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    octopusx_conn.configure(flavour="new-api")
+    results = batch(tmp_path, ["a fox", "a kite"]).execute(context)
+    assert [result["billing"] for result in results] == [{"ratios": {"seconds": 6, "size": 1}}] * 2

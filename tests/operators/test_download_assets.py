@@ -73,3 +73,14 @@ def test_templated_destinations_use_the_alias_and_given_outlets_are_kept(tmp_pat
     assert relative.outlets == [AssetAlias(DEFAULT_ASSET_ALIAS)]
     upper = DownloadVideoOperator(task_id="f", video_id="v", destination="s3://bucket/CLIP.MP4")
     assert upper.outlets == [Asset("s3://bucket/CLIP.MP4")]
+
+
+def test_what_the_gateway_billed_goes_with_the_asset_event(
+    octopusx_conn: Simulator, context: dict[str, Any], tmp_path: Path
+) -> None:
+    octopusx_conn.configure(flavour="new-api", generation_seconds=0)
+    with OctopusXHook() as hook:
+        video_id = hook.submit_video(VideoRequest.build(prompt="A red kite", seconds=6)).id
+    DownloadVideoOperator(task_id="store", video_id=video_id, destination=f"{tmp_path}/").execute(context)
+    [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
+    assert event.extra["billing"] == {"usage": {"seconds": 6}}

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
 
-from airflow_octopusx.exceptions import ServerError, VideoFailedError, VideoTimeoutError
+from airflow_octopusx.exceptions import QuotaExceededError, ServerError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.operators.octopusx import SubmitVideoOperator
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
-from tests.conftest import AIRFLOW_3_3, RecordingTaskInstance, load_dags, xcom_values
+from tests.conftest import AIRFLOW_3_3, BOTH_FLAVOURS, RecordingTaskInstance, load_dags, xcom_values
 
 
 def operator(**kwargs: Any) -> SubmitVideoOperator:
@@ -58,6 +58,7 @@ class TestParseTimeValidation:
 
 
 class TestExecute:
+    @BOTH_FLAVOURS
     def test_deferrable_pushes_the_id_then_defers_with_a_keyless_trigger(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
@@ -82,6 +83,7 @@ class TestExecute:
         video_id = operator(deferrable=True).execute(context)
         assert video_id == context["ti"].xcom["video_id"]
 
+    @BOTH_FLAVOURS
     def test_waiting_in_the_worker_returns_the_id(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
@@ -97,6 +99,7 @@ class TestExecute:
         assert video_id == context["ti"].xcom["video_id"]
         assert (octopusx_conn.stats.posts, octopusx_conn.stats.gets) == (1, 0)
 
+    @BOTH_FLAVOURS
     def test_a_failed_video_raises_with_code_message_and_id(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
@@ -148,6 +151,18 @@ class TestExecute:
             operator(model="omni-ultra").execute(context)
         assert octopusx_conn.stats.posts == 1
 
+    @BOTH_FLAVOURS
+    def test_an_exhausted_quota_fails_naming_the_quota_and_the_connection(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.configure(quota_videos=0)
+        with pytest.raises(QuotaExceededError) as raised:
+            operator().execute(context)
+        assert "quota" in str(raised.value)
+        assert "connection 'octopusx_default'" in str(raised.value)
+        assert "refused the API key" not in str(raised.value)
+        assert octopusx_conn.stats.posts == 1
+
     def test_an_ambiguous_submission_fails_without_airflow_retries(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
@@ -183,6 +198,7 @@ class TestResumeOnRetry:
             operator(deferrable=False, poll_interval=0.05, **kwargs).execute(context)
         return str(context["ti"].xcom["video_id"])
 
+    @BOTH_FLAVOURS
     def test_a_retry_resumes_the_submitted_video(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
@@ -195,6 +211,7 @@ class TestResumeOnRetry:
         # Done: clearing the task later makes a new video rather than resuming this one.
         assert context["task_state_store"].values == {}
 
+    @BOTH_FLAVOURS
     def test_a_video_that_failed_is_submitted_again(
         self, octopusx_conn: Simulator, context: dict[str, Any]
     ) -> None:
@@ -227,6 +244,7 @@ class TestResumeOnRetry:
 
 @pytest.mark.usefixtures("airflow_db")
 class TestDagRuns:
+    @BOTH_FLAVOURS
     def test_waiting_in_the_worker(self, octopusx_conn: Simulator) -> None:
         from tests.dags.submit_scenarios import in_worker
 
@@ -240,6 +258,7 @@ class TestDagRuns:
         assert link.startswith(f"{octopusx_conn.cdn_url}/videos/{video_id}.mp4?")
         assert octopusx_conn.stats.posts == 1
 
+    @BOTH_FLAVOURS
     @pytest.mark.skipif(not AIRFLOW_3_3, reason="the task state store arrived in Airflow 3.3")
     def test_airflow_retries_resume_the_same_video(self, octopusx_conn: Simulator) -> None:
         from tests.dags.submit_scenarios import retried
@@ -251,6 +270,7 @@ class TestDagRuns:
         assert run.get_task_instance("submit").try_number == 2
         assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 1
 
+    @BOTH_FLAVOURS
     def test_ended_from_the_trigger_the_return_value_is_the_video_id(self, octopusx_conn: Simulator) -> None:
         from tests.dags.submit_scenarios import ended_in_triggerer
 
@@ -260,6 +280,17 @@ class TestDagRuns:
         [video_id] = xcom_values(run, "video_id").values()
         assert xcom_values(run, "return_value") == {"submit": video_id}
         assert octopusx_conn.stats.posts == 1
+
+    def test_what_the_gateway_billed_is_pushed_to_xcom(self, octopusx_conn: Simulator) -> None:
+        from tests.dags.submit_scenarios import templated
+
+        octopusx_conn.configure(flavour="new-api", generation_seconds=0.3)
+        run = templated.test()
+        assert run.state == "success"
+        usage = {"usage": {"seconds": 6}}
+        # The submission's price multipliers live in the task state store until the video completes.
+        expected = {"ratios": {"seconds": 6, "size": 1}, **usage} if AIRFLOW_3_3 else usage
+        assert xcom_values(run, "billing") == {"submit": expected}
 
     def test_templates_render_then_validate(
         self, octopusx_conn: Simulator, capsys: pytest.CaptureFixture[str]

@@ -20,7 +20,7 @@ from airflow_octopusx.operators.octopusx import SubmitVideoOperator
 from airflow_octopusx.sensors.octopusx import VideoTaskSensor
 from airflow_octopusx.simulator import Simulator, Stats
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
-from tests.conftest import AIRFLOW_3_3, xcom_values
+from tests.conftest import AIRFLOW_3_3, BOTH_FLAVOURS, xcom_values
 
 POKE_INTERVAL = 0.1
 
@@ -47,6 +47,7 @@ async def run_trigger(trigger: VideoTaskTrigger) -> list[dict[str, Any]]:
 # -- poke mode ---------------------------------------------------------------------------------------
 
 
+@BOTH_FLAVOURS
 def test_poke_is_false_while_rendering_then_true_with_the_id(
     octopusx_conn: Simulator, context: dict[str, Any]
 ) -> None:
@@ -79,6 +80,7 @@ def test_poke_mode_execute_waits_and_returns_the_id(
     assert octopusx_conn.stats.gets >= 2  # it really had to poke more than once
 
 
+@BOTH_FLAVOURS
 def test_failed_video_raises_from_poke_and_execute(octopusx_conn: Simulator, context: dict[str, Any]) -> None:
     octopusx_conn.fail_next(code="nsfw_blocked", message="Blocked by the safety system.")
     video = submit(octopusx_conn, generation_seconds=0.2)
@@ -299,6 +301,7 @@ def test_execute_complete_refuses_garbage_events(event: Any, context: dict[str, 
 # -- whole DAG runs ----------------------------------------------------------------------------------
 
 
+@BOTH_FLAVOURS
 @pytest.mark.usefixtures("airflow_db")
 @pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
 def test_dag_submit_then_sense(

@@ -17,7 +17,7 @@ from airflow_octopusx.hooks.shared_clients import SharedAsyncClients
 from airflow_octopusx.models import PROGRESS_LOG_STEP, VideoRequest
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
-from tests.conftest import connection_uri, hostile_connection
+from tests.conftest import BOTH_FLAVOURS, connection_uri, hostile_connection
 from tests.hostile import Answer, HostileServer
 
 REQUEST = VideoRequest.build(prompt="A lighthouse in a storm", seconds=6)
@@ -89,6 +89,7 @@ def test_serialize_round_trips_plain_values_without_the_key(octopusx_conn: Simul
     assert VideoTaskTrigger(**json.loads(encoded)).serialize() == (classpath, kwargs)
 
 
+@BOTH_FLAVOURS
 async def test_success_is_one_event_after_polling_over_one_connection(
     octopusx_conn: Simulator, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -118,6 +119,7 @@ async def test_success_is_one_event_after_polling_over_one_connection(
     assert logged[-1] == ("completed", "100")
 
 
+@BOTH_FLAVOURS
 async def test_failure_carries_the_api_code_and_message(octopusx_conn: Simulator) -> None:
     octopusx_conn.fail_next(code="content_policy_violation", message="Refused")
     video_id = submit(octopusx_conn)
@@ -163,6 +165,7 @@ async def test_a_deadline_already_passed_still_polls_once(octopusx_conn: Simulat
     assert octopusx_conn.stats.gets == 1
 
 
+@BOTH_FLAVOURS
 async def test_a_bad_key_ends_the_wait_at_once(
     octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,9 +203,11 @@ async def test_waits_running_when_the_key_is_rotated_carry_on_with_the_new_key(
     assert SharedAsyncClients.for_running_loop().open_clients() == 0
 
 
+@BOTH_FLAVOURS
 async def test_an_unknown_video_ends_the_wait_at_once(octopusx_conn: Simulator) -> None:
     [event] = await events_of(trigger_for("video_missing"))
-    assert (event["status"], event["code"]) == ("error", "not_found")
+    unknown_id_code = "not_found" if octopusx_conn.settings.flavour == "doc" else "task_not_exist"
+    assert (event["status"], event["code"]) == ("error", unknown_id_code)
     with pytest.raises(OctopusXError, match="video_missing"):
         video_id_from_event(event)
 
