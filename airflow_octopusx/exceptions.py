@@ -7,10 +7,22 @@ Messages carry the API's own ``code`` and ``message`` and the video id where kno
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 
 class OctopusXError(Exception):
     """Base class of every error this provider raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt as it is: pickle and copy would otherwise call __init__ with the message alone.
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[OctopusXError], args: tuple[Any, ...], state: dict[str, Any]) -> OctopusXError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidVideoRequest(OctopusXError, ValueError):

@@ -79,16 +79,28 @@ _DATA_URI_ANY = re.compile(
 _DATA_URI = re.compile(r"data:image/(?P<type>[a-z0-9.+-]+);base64,(?P<payload>.*)", re.IGNORECASE | re.DOTALL)
 
 
+def _strict_json(name: str, value: Any) -> Any:
+    """Refuse what strict JSON in UTF-8 cannot carry, as the request's body must: NaN, infinities, and
+    lone surrogates (which a ``dag_run.conf`` can hold). Sending such a request would fail mid-way."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidVideoRequest(
+            name, "must be strict JSON text: no NaN or infinity, no lone surrogate characters"
+        ) from None
+    return value
+
+
 def _prompt(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidVideoRequest("prompt", "must be a non-empty string", value)
-    return value
+    return _strict_json("prompt", value)  # type: ignore[no-any-return]
 
 
 def _model(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidVideoRequest("model", f"must be a model name such as {DEFAULT_MODEL!r}", value)
-    return value
+    return _strict_json("model", value)  # type: ignore[no-any-return]
 
 
 def _seconds(value: Any) -> str | None:
@@ -137,7 +149,7 @@ def _image(name: str, value: Any) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidVideoRequest(name, allowed, value)
-    return value
+    return _strict_json(name, value)  # type: ignore[no-any-return]
 
 
 def _optional_image(name: str) -> Callable[[Any], str | None]:
@@ -169,6 +181,8 @@ def _extra_body(value: Any) -> dict[str, Any]:
         raise InvalidVideoRequest(
             "extra_body", f"must not repeat {', '.join(clashes)}; pass them as arguments"
         )
+    for key, item in value.items():
+        _strict_json(f"extra_body.{_strict_json('extra_body', key)}", item)
     return dict(value)
 
 
@@ -366,8 +380,9 @@ class VideoTask:
     billing: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_api(cls, payload: Any) -> VideoTask:
-        """Parse a status answer; anything that is not a video raises ``InvalidResponseError``.
+    def from_api(cls, payload: Any, asked: str | None = None) -> VideoTask:
+        """Parse a status answer; anything that is not a video raises ``InvalidResponseError``, and so does
+        an answer about another video than the ``asked`` id (believed, it would credit the wrong video).
 
         Lenient where gateways differ harmlessly (``progress`` as ``"50%"``, ``error`` as a plain string or
         ``fail_reason``, ``task_id`` for ``id``, the link in ``metadata.url``, status spellings, a
@@ -385,6 +400,8 @@ class VideoTask:
             raise InvalidResponseError(
                 f"the answer has no valid video id (got {excerpt(repr(video_id), 80)})"
             ) from None
+        if asked is not None and asked not in (payload.get("id"), payload.get("task_id")):
+            raise InvalidResponseError(f"asked about video {asked}, the answer describes video {video_id}")
         status = payload.get("status") or "queued"
         if not isinstance(status, str) or not _STATUS.fullmatch(status.strip().lower()):
             raise InvalidResponseError(

@@ -108,7 +108,7 @@ def video_from(answer: Answer, video_id: str | None = None) -> VideoTask:
     raise_for_status(answer, video_id)
     if answer.status_code != 200 and answer.status_code != 201:
         raise InvalidResponseError(f"the API answered HTTP {answer.status_code} without a video")
-    return VideoTask.from_api(parse_json(answer.body))
+    return VideoTask.from_api(parse_json(answer.body), asked=video_id)
 
 
 def submitted_video_from(answer: Answer) -> VideoTask:

@@ -133,7 +133,8 @@ def _kind(address: Address | None) -> str:
     """The kind of network an address is in; a host name stands for a public one."""
     if address is None or address.is_global:
         return "public"
-    if address.is_loopback:
+    # An unspecified address (0.0.0.0, ::) reaches this machine's own listeners.
+    if address.is_loopback or address.is_unspecified:
         return "loopback"
     if address.is_link_local:
         return "link-local"

@@ -174,7 +174,9 @@ class Mp4Boxes:
         self._next = 0  # where the next box starts
         self._header = b""  # the next box's header, as far as it has arrived
         self._open_ended = False  # a box of size 0 runs to the end of the file
-        self._types: set[bytes] = set()
+        self._boxes = 0
+        # Whether the index and the media were seen: constant state, however many boxes stream past.
+        self._has_moov = self._has_mdat = False
 
     def feed(self, chunk: bytes) -> str | None:
         """Take the next bytes; a reason if they cannot be an MP4."""
@@ -185,13 +187,15 @@ class Mp4Boxes:
             if len(self._header) < 8:
                 break
             size, kind, header_size = int.from_bytes(self._header[:4], "big"), self._header[4:8], 8
-            if not self._types and kind != b"ftyp":
+            if not self._boxes and kind != b"ftyp":
                 return "no 'ftyp' box at the start"
             if size == 1:  # a 64-bit size follows the type
                 if len(self._header) < 16:
                     break
                 size, header_size = int.from_bytes(self._header[8:16], "big"), 16
-            self._types.add(kind)
+            self._boxes += 1
+            self._has_moov = self._has_moov or kind == b"moov"
+            self._has_mdat = self._has_mdat or kind == b"mdat"
             if size == 0:
                 self._open_ended = True
             elif size < header_size:
@@ -205,7 +209,7 @@ class Mp4Boxes:
         """Why the bytes so far are not a whole MP4; None if they are."""
         if not self._open_ended and (self._header or self._next != self._offset):
             return f"it ends at byte {self._offset}, inside an MP4 box"
-        missing = [kind.decode() for kind in (b"moov", b"mdat") if kind not in self._types]
+        missing = [kind for kind, seen in (("moov", self._has_moov), ("mdat", self._has_mdat)) if not seen]
         return f"it has no {' or '.join(missing)} box" if missing else None
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from airflow_octopusx.exceptions import NotFoundError, OctopusXError, excerpt, utc_text
+from airflow_octopusx.exceptions import (
+    APIError,
+    AuthenticationError,
+    NotFoundError,
+    OctopusXError,
+    excerpt,
+    utc_text,
+)
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoTask
 
@@ -70,9 +77,11 @@ class VideoWatch:
 class BatchWatch:
     """What a wait for many videos has seen: how each ended, and one line whenever the counts move.
 
-    Alike in ``VideoBatchTrigger`` and in ``GenerateVideosOperator``'s wait on a worker. A video whose
-    polls keep failing (transiently, ``max_poll_errors`` in a row) or that the API no longer knows ends
-    as ``failed`` with code ``poll_failed`` or ``not_found``; a refused key ends the whole wait.
+    Alike in ``VideoBatchTrigger`` and in ``GenerateVideosOperator``'s wait on a worker. Failing to read a
+    status never ends a video: it stays rendering (a warning after ``max_poll_errors`` failed polls in a
+    row), and at the deadline it is a ``timeout`` that a retry polls again. An answer about one video ends
+    that video alone: the API no longer knows it (``not_found``) or refuses it with another 4xx (its
+    code). Only a refused key (401) ends the whole wait: it is about the connection, not a video.
     """
 
     def __init__(
@@ -113,15 +122,23 @@ class BatchWatch:
             self.outcomes[video.id] = _failed(reason.code if reason else None, message)
 
     def poll_failed(self, video_id: str, error: OctopusXError) -> None:
+        if isinstance(error, AuthenticationError) and error.status_code == 401:
+            raise error
         if isinstance(error, NotFoundError):
             self.outcomes[video_id] = _failed("not_found", str(error))
-            return
-        if not self._policy.is_retryable(error, idempotent=True):
+        elif self._policy.is_retryable(error, idempotent=True):
+            failures = self._poll_errors[video_id] = self._poll_errors.get(video_id, 0) + 1
+            if failures == self._max_poll_errors:
+                self._log.warning(
+                    "Video %s: %d status checks in a row failed (%s); still waiting for it",
+                    video_id,
+                    failures,
+                    error,
+                )
+        elif isinstance(error, APIError):
+            self.outcomes[video_id] = _failed(error.code or f"http_{error.status_code}", str(error))
+        else:
             raise error
-        failures = self._poll_errors[video_id] = self._poll_errors.get(video_id, 0) + 1
-        if failures >= self._max_poll_errors:
-            message = f"gave up after {failures} failed polls: {error}"
-            self.outcomes[video_id] = _failed("poll_failed", message)
 
     def log_counts(self) -> None:
         completed = sum(outcome["status"] == "completed" for outcome in self.outcomes.values())

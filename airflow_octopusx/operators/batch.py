@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,17 +19,11 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_octopusx.exceptions import (
-    AccountError,
-    BadRequestError,
-    InvalidVideoRequest,
-    OctopusXError,
-    RateLimitError,
-    VideoFailedError,
-)
+from airflow_octopusx.exceptions import InvalidVideoRequest, OctopusXError, RateLimitError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
-from airflow_octopusx.hooks.retry import RetryPolicy, is_transient_failure
+from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoRequest, VideoTask
+from airflow_octopusx.operators.ledger import Ledger
 from airflow_octopusx.operators.octopusx import (
     DEFAULT_ASSET_ALIAS,
     DEFAULT_DOWNLOAD_TIMEOUT,
@@ -36,21 +32,13 @@ from airflow_octopusx.operators.octopusx import (
     file_reader,
     with_files_inlined,
 )
-from airflow_octopusx.storage.video_destination import VideoDestination, plain_uri
+from airflow_octopusx.storage.video_destination import VideoDestination, file_name, plain_uri
 from airflow_octopusx.triggers.batch import VideoBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-#: Task state store key of a page of records; the page number follows. A thousand videos take 40 reads
-#: and a few dozen writes where a key per record took thousands of round trips through the supervisor, and
-#: a page of the largest records stays under the 64 KB Airflow advises for a value.
-BATCH_STATE_KEY = "octopusx_batch_page_"
-PAGE_SIZE = 25
-#: A recorded error code and message are cut to this many characters (the task log has them whole).
-RECORDED_CODE_CHARS = 64
-RECORDED_MESSAGE_CHARS = 200
-#: Where the records wait out a deferral on Airflow without a task state store (before 3.3).
+#: Where the ledger waits out a deferral on Airflow without a task state store (before 3.3).
 RECORDS_XCOM_KEY = "octopusx_batch_records"
 #: Failures listed in full in the task's error; the rest are counted.
 SHOWN_FAILURES = 5
@@ -61,10 +49,12 @@ class GenerateVideosOperator(BaseOperator):
 
     Two task runs whatever the number of videos (submit and defer, then download), where mapping
     ``SubmitVideoOperator`` costs three per video. Every request is checked before the first is sent.
-    Accepted ids are recorded at once in the task state store (Airflow 3.3+), so a retry or a killed
-    worker resumes: accepted videos are not submitted again, ambiguous submissions are reported and not
-    resent, stored videos are not downloaded again. Only videos the API failed for a reason it blames on
-    itself (``hooks.retry.TRANSIENT_VIDEO_FAILURES``) are submitted anew by a retry: a new, billed video.
+    Its ledger (:mod:`~airflow_octopusx.operators.ledger`) is kept in the task state store (Airflow
+    3.3+), each request marked before its POST leaves, so a retry or a killed worker resumes: nothing is
+    submitted twice, ambiguous submissions are reported and not resent, stored videos are not downloaded
+    again. Only videos the API failed for a reason it blames on itself
+    (``hooks.retry.TRANSIENT_VIDEO_FAILURES``), or any with ``resubmit_failed``, are submitted anew by a
+    retry: a new, billed video.
 
     :param requests: a list of dicts with ``SubmitVideoOperator``'s request fields (``prompt``,
         ``seconds``, ``aspect_ratio``, ``resolution``, ``first_image_url``, ``last_image_url``, ``images``,
@@ -77,6 +67,7 @@ class GenerateVideosOperator(BaseOperator):
     :param octopusx_conn_id: the ``octopusx`` connection.
     :param input_conn_id: connection for images given as storage URIs.
     :param max_failed: videos that may end unstored before the task fails (after storing the rest).
+    :param resubmit_failed: let a retry submit anew every request whose video the API failed.
     :param max_concurrent_requests: submissions and downloads in flight at once; a 429 slows them all.
     :param deferrable: wait in the triggerer (one trigger for the whole batch), freeing the worker slot.
     :param poll_interval: seconds between rounds of status checks.
@@ -104,6 +95,7 @@ class GenerateVideosOperator(BaseOperator):
         octopusx_conn_id: str = OctopusXHook.default_conn_name,
         input_conn_id: str | None = None,
         max_failed: int = 0,
+        resubmit_failed: bool = False,
         max_concurrent_requests: int = 8,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 10,
@@ -127,6 +119,9 @@ class GenerateVideosOperator(BaseOperator):
         self.octopusx_conn_id = octopusx_conn_id
         self.input_conn_id = input_conn_id
         self.max_failed = max_failed
+        self.resubmit_failed = resubmit_failed
+        # Each input file's text, read once per try and shared by the requests that name it.
+        self._inlined: dict[tuple[str, bool], str] = {}
         self.max_concurrent_requests = max_concurrent_requests
         self.deferrable = deferrable
         self.poll_interval = poll_interval
@@ -136,16 +131,19 @@ class GenerateVideosOperator(BaseOperator):
     # -- first run: check, submit (or resume), wait ---------------------------------------------------
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        requests = self._checked_requests()
-        records = _Records(context, [request.fingerprint() for request in requests], self.log)
-        records.forget_failed()
-        self._submit(requests, records)
-        rendering = records.rendering()
+        declared = self._declared_requests()
+        ledger = Ledger(
+            context.get("task_state_store"), [fingerprint(fields) for fields in declared], self.log
+        )
+        ledger.forget_failures(self.resubmit_failed)
+        # Every request to send is checked, its files read, before the first is sent; recorded ones never are.
+        self._submit({index: self._built(index, declared[index]) for index in ledger.needs_sending()}, ledger)
+        rendering = ledger.rendering()
         deadline = time.time() + self.timeout
         if rendering and self.deferrable:
             if context.get("task_state_store") is None:
-                # Before Airflow 3.3 the records cross the deferral in XCom (of this try only).
-                context["ti"].xcom_push(key=RECORDS_XCOM_KEY, value=records.as_list())
+                # Before Airflow 3.3 the ledger crosses the deferral in XCom (of this try only).
+                context["ti"].xcom_push(key=RECORDS_XCOM_KEY, value=ledger.as_list())
             self.defer(
                 trigger=VideoBatchTrigger(
                     video_ids=rendering,
@@ -161,7 +159,7 @@ class GenerateVideosOperator(BaseOperator):
                 if rendering
                 else {}
             )
-        return self._store(context, records, waited)
+        return self._store(context, ledger, waited)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         if not event or event.get("status") != "done" or not isinstance(event.get("videos"), dict):
@@ -171,96 +169,141 @@ class GenerateVideosOperator(BaseOperator):
         if context.get("task_state_store") is None:
             ti = context["ti"]
             carried = ti.xcom_pull(task_ids=ti.task_id, key=RECORDS_XCOM_KEY, map_indexes=ti.map_index)
-        fingerprints = [request.fingerprint() for request in self._checked_requests()]
-        return self._store(context, _Records(context, fingerprints, self.log, carried), event["videos"])
+        # The requests as written: their files were read when they were sent, and are not read again.
+        fingerprints = [fingerprint(fields) for fields in self._declared_requests()]
+        ledger = Ledger(context.get("task_state_store"), fingerprints, self.log, carried)
+        return self._store(context, ledger, event["videos"])
 
-    def _checked_requests(self) -> list[VideoRequest]:
-        """Every request checked before any is sent; the first bad one fails the task, naming it."""
+    def _declared_requests(self) -> list[dict[str, Any]]:
+        """Each request's fields as written (defaults filled in); the first malformed one fails the task."""
         if isinstance(self.requests, (str, bytes, Mapping)) or not isinstance(self.requests, Sequence):
             raise AirflowFailException(
                 f"requests: must be a list of dicts, got {type(self.requests).__name__}"
             )
         if self.defaults is not None and not isinstance(self.defaults, Mapping):
             raise AirflowFailException("defaults: must be a dict of request fields")
-        checked = []
+        declared = []
         for index, request in enumerate(self.requests):
             if not isinstance(request, Mapping):
                 raise AirflowFailException(
                     f"requests[{index}]: must be a dict of request fields, got {type(request).__name__}; "
                     "nothing was submitted"
                 )
-            try:
-                fields = {**(self.defaults or {}), **request}
-                unknown = sorted(set(fields) - set(REQUEST_FIELDS))
-                if unknown:
-                    raise InvalidVideoRequest(
-                        unknown[0], f"is not a request field; the fields are {', '.join(REQUEST_FIELDS)}"
-                    )
-                fields = with_files_inlined(fields, file_reader(self.input_conn_id))
-                checked.append(VideoRequest.build(**fields))
-            except (InvalidVideoRequest, TypeError) as error:
-                raise AirflowFailException(f"requests[{index}]: {error}; nothing was submitted") from error
-        return checked
+            fields = {**(self.defaults or {}), **request}
+            unknown = sorted(set(fields) - set(REQUEST_FIELDS))
+            if unknown:
+                raise AirflowFailException(
+                    f"requests[{index}]: {unknown[0]}: is not a request field; the fields are "
+                    f"{', '.join(REQUEST_FIELDS)}; nothing was submitted"
+                )
+            declared.append(fields)
+        return declared
 
-    def _submit(self, requests: list[VideoRequest], records: _Records) -> None:
-        """Submit what no earlier try did, ``max_concurrent_requests`` at a time over one client."""
-        missing = [index for index in range(len(requests)) if records.needs_submitting(index)]
-        if not missing:
+    def _built(self, index: int, fields: dict[str, Any]) -> VideoRequest:
+        """The request to send, its files read once per path for the whole batch (they share the text)."""
+        try:
+            return VideoRequest.build(**with_files_inlined(fields, self._read_file))
+        except (InvalidVideoRequest, TypeError) as error:
+            raise AirflowFailException(f"requests[{index}]: {error}; nothing was submitted") from error
+
+    def _read_file(self, field: str, value: Any, video: bool) -> str:
+        key = (str(value), video)
+        if key not in self._inlined:
+            self._inlined[key] = file_reader(self.input_conn_id)(field, value, video)
+        return self._inlined[key]
+
+    def _submit(self, requests: dict[int, VideoRequest], ledger: Ledger) -> None:
+        """Send ``requests`` (by index), ``max_concurrent_requests`` at a time over one client.
+
+        Each request's record says ``sending`` in the task state store before its POST leaves, written
+        with the outcomes of those that ended meanwhile: one save per round, however many requests.
+        """
+        if not requests:
             return
-        self.log.info("Submitting %d of %d videos", len(missing), len(requests))
+        self.log.info("Submitting %d of %d videos", len(requests), len(self.requests))
+        waiting = list(requests)
+        in_flight: dict[Future[VideoTask], int] = {}
         # One attempt per call: the batch retries, so that a 429 pauses every submission, not one.
         with (
             OctopusXHook(self.octopusx_conn_id, retry_policy=RetryPolicy(max_attempts=1)) as hook,
             ThreadPoolExecutor(self.max_concurrent_requests, thread_name_prefix="octopusx-submit") as pool,
         ):
             gate = _SubmitGate(RetryPolicy(max_attempts=hook.endpoint.max_attempts))
-            futures = {pool.submit(gate.submit, hook, requests[index]): index for index in missing}
-            for done in _finished_in_groups(futures):
+            while waiting or in_flight:
+                free = self.max_concurrent_requests - len(in_flight)
+                leaving, waiting = waiting[:free], waiting[free:]
+                ledger.sending(leaving)
+                ledger.save()
+                for index in leaving:
+                    in_flight[pool.submit(gate.submit, hook, requests[index])] = index
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
-                    records.submitted(futures[future], future)
-                records.save()
+                    ledger.sent(in_flight.pop(future), future)
+            ledger.save()
 
     # -- second run (or the same, on a worker): store what completed -----------------------------------
 
     def _store(
-        self, context: Context, records: _Records, waited: Mapping[str, Mapping[str, Any]]
+        self, context: Context, ledger: Ledger, waited: Mapping[str, Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         destination = VideoDestination(
             self.destination if _is_folder(self.destination) else f"{self.destination}/",
             conn_id=self.destination_conn_id,
             overwrite=self.overwrite,
         )
-        records.finished(waited)
-        records.save()
-        completed = records.completed()
-        if completed:
-            self.log.info("Downloading %d videos", len(completed))
+        ledger.finished(waited)
+        to_store = []
+        names: dict[str, str] = {}
+        for index, video_id, was_storing in ledger.to_store():
+            taken = names.setdefault(file_name(video_id), video_id)
+            if taken != video_id:
+                ledger.not_stored(index, "file_name_taken", f"its file name is video {taken}'s as well")
+            else:
+                to_store.append((index, video_id, was_storing))
+        # Marked before a byte is stored: a later try takes a whole file at such a name as this batch's.
+        ledger.storing(index for index, _, _ in to_store)
+        ledger.save()
+        if to_store:
+            self.log.info("Downloading %d videos", len(to_store))
         with (
             OctopusXHook(self.octopusx_conn_id) as hook,
             ThreadPoolExecutor(self.max_concurrent_requests, thread_name_prefix="octopusx-download") as pool,
         ):
             futures = {
-                pool.submit(self._download, hook, destination, video_id): index
-                for index, video_id in completed
+                pool.submit(self._download, hook, destination, video_id, was_storing): (index, video_id)
+                for index, video_id, was_storing in to_store
             }
             stored = []
             for done in _finished_in_groups(futures):
-                stored += [target for future in done if (target := records.stored(futures[future], future))]
-                records.save()
+                for future in done:
+                    index, video_id = futures[future]
+                    try:
+                        stored.append(future.result())
+                        ledger.stored(index)
+                    except (OctopusXError, AirflowFailException) as error:
+                        self.log.warning("Video %s was not stored: %s", video_id, error)
+                        ledger.not_stored(index, "download_failed", error)
+                ledger.save()
         if stored:
             self._announce(context, stored)
-        results = records.results(lambda video_id: plain_uri(destination.location(video_id)))
+        for orphan in ledger.unstored_orphans():
+            self.log.warning(
+                "Video %s of an earlier try, for a request no longer in the list, is %s and not stored",
+                orphan.video_id or "(id unknown)",
+                orphan.status.value,
+            )
+        results = ledger.results(lambda video_id: plain_uri(destination.location(video_id)))
         self._report(results)
-        records.forget_all()
+        ledger.forget_all()
         return results
 
     def _download(
-        self, hook: OctopusXHook, destination: VideoDestination, video_id: str
+        self, hook: OctopusXHook, destination: VideoDestination, video_id: str, was_storing: bool
     ) -> ObjectStoragePath:
         target = destination.location(video_id)
-        if not self.overwrite and target.exists():
-            # Named after its id, so it is this video: an earlier try stored it and was stopped before
-            # recording that.
+        if was_storing and not self.overwrite and target.is_file():
+            # An earlier try was storing it and was stopped before recording that it had: files appear
+            # only whole, so this one is.
             self.log.info("Video %s is already stored at %s (by an earlier try)", video_id, plain_uri(target))
             return target
         with destination.open(target) as file:
@@ -300,6 +343,15 @@ class GenerateVideosOperator(BaseOperator):
             + "\n".join(lines)
             + more
         )
+
+
+def fingerprint(fields: Mapping[str, Any]) -> str:
+    """A digest of a request as written (files by their names), to find its record in any later try."""
+    try:
+        text = json.dumps(fields, sort_keys=True, default=repr, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        text = repr(fields)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _finished_in_groups(futures: Iterable[Future[Any]]) -> Iterator[set[Future[Any]]]:
@@ -342,178 +394,3 @@ class _SubmitGate:
                 else:
                     time.sleep(delay)
         raise AssertionError("unreachable: the last attempt re-raises")
-
-
-class _Records:
-    """Each request's state, kept in the task state store, so any try can resume.
-
-    A record: ``request`` (the fingerprint of the request it was made for), ``video_id``, ``status``
-    (``rendering``, ``completed``, ``stored``, ``failed``, ``timeout``, ``not_submitted``) and ``error``
-    (``code``, ``message``, cut short). A record made for another request than the one now at its index
-    is ignored. ``carried`` are the records a deferral passed on to its resumption in XCom (the only copy
-    before Airflow 3.3).
-
-    Records live in pages of ``PAGE_SIZE`` under one key each. Changes are kept in memory until
-    ``save()``, which the operator calls as soon as each group of submissions or downloads is in.
-    """
-
-    def __init__(
-        self, context: Context, fingerprints: list[str], log: Any, carried: list[Any] | None = None
-    ) -> None:
-        self._store = context.get("task_state_store")
-        self._log = log
-        self._fingerprints = fingerprints
-        self._records: list[dict[str, Any] | None] = [None] * len(fingerprints)
-        self._unsaved_pages: set[int] = set()
-        found = carried if carried is not None else recorded(self._store, len(fingerprints))
-        for index, (fingerprint, record) in enumerate(zip(fingerprints, found, strict=False)):
-            if isinstance(record, dict) and record.get("request") == fingerprint:
-                self._records[index] = record
-        if self._store is None and carried is None:
-            log.warning(
-                "This Airflow has no task state store (it arrived in 3.3): a retry of this task will submit "
-                "the whole batch again."
-            )
-        resumed = sum(record is not None for record in self._records)
-        if resumed and carried is None:
-            log.info("Resuming %d of %d videos from an earlier try", resumed, len(fingerprints))
-
-    def save(self) -> None:
-        """Write the pages changed since the last save (a few round trips, however many records)."""
-        if self._store is not None:
-            for page in sorted(self._unsaved_pages):
-                records: list[Any] = self._records[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
-                self._store.set(f"{BATCH_STATE_KEY}{page}", records)
-        self._unsaved_pages.clear()
-
-    def as_list(self) -> list[dict[str, Any] | None]:
-        return list(self._records)
-
-    def _set(self, index: int, video_id: str | None, status: str, **more: Any) -> None:
-        earlier = self._records[index]
-        record = {"request": self._fingerprints[index], "video_id": video_id, "status": status, "error": None}
-        if earlier and earlier["video_id"] == video_id and earlier.get("billing"):
-            record["billing"] = earlier["billing"]
-        self._records[index] = record | more
-        self._unsaved_pages.add(index // PAGE_SIZE)
-
-    def forget_failed(self) -> None:
-        """Drop records of videos the API failed for a passing reason, so that they are submitted anew."""
-        for index, record in enumerate(self._records):
-            if record is None or record["status"] != "failed" or not record["video_id"]:
-                continue
-            error = record["error"] or {}
-            failure = VideoFailedError(record["video_id"], error.get("message", ""), error.get("code"))
-            if is_transient_failure(failure):
-                self._log.info(
-                    "Video %s failed in an earlier try (%s); submitting anew", failure.video_id, failure.code
-                )
-                self._records[index] = None
-
-    def needs_submitting(self, index: int) -> bool:
-        record = self._records[index]
-        return record is None or bool(record.get("resend"))
-
-    def submitted(self, index: int, future: Future[VideoTask]) -> None:
-        try:
-            video = future.result()
-            self._set(
-                index, video.id, "rendering", **({"billing": dict(video.billing)} if video.billing else {})
-            )
-        except BadRequestError as error:
-            self._set(index, None, "not_submitted", error=_error(error.code, error))
-        except AccountError as error:
-            # Refused before any video was made (a key, a quota): a retry, once that is fixed, sends it.
-            self._set(index, None, "not_submitted", error=_error(error.code, error), resend=True)
-        except OctopusXError as error:
-            if RetryPolicy().is_retryable(error, idempotent=False):
-                # Provably never reached the API (no connection, 429): a retry may send it.
-                self._set(
-                    index,
-                    None,
-                    "not_submitted",
-                    error=_error(getattr(error, "code", None), error),
-                    resend=True,
-                )
-            else:
-                # It may exist and be billed: reported, never sent again by this or a later try.
-                self._set(index, None, "not_submitted", error=_error("ambiguous_submission", error))
-
-    def rendering(self) -> list[str]:
-        return [
-            r["video_id"] for r in self._records if r is not None and r["status"] in ("rendering", "timeout")
-        ]
-
-    def finished(self, outcomes: Mapping[str, Mapping[str, Any]]) -> None:
-        """Take how each waited-for video ended: ``completed``, ``failed`` or ``timeout``."""
-        for index, record in enumerate(self._records):
-            outcome = outcomes.get(record["video_id"]) if record and record["video_id"] else None
-            if record is None or outcome is None or record["status"] == "stored":
-                continue
-            status = str(outcome.get("status"))
-            error = None if status == "completed" else _error(outcome.get("code"), outcome.get("message"))
-            self._set(index, record["video_id"], status, error=error)
-
-    def completed(self) -> list[tuple[int, str]]:
-        return [
-            (i, r["video_id"])
-            for i, r in enumerate(self._records)
-            if r is not None and r["status"] == "completed"
-        ]
-
-    def stored(self, index: int, future: Future[ObjectStoragePath]) -> ObjectStoragePath | None:
-        video_id = self._records[index]["video_id"]  # type: ignore[index]
-        try:
-            target = future.result()
-        except (OctopusXError, AirflowFailException) as error:
-            self._log.warning("Video %s was not stored: %s", video_id, error)
-            # Left "completed": a retry downloads it again, and never submits it again.
-            self._set(index, video_id, "completed", error=_error("download_failed", error))
-            return None
-        self._set(index, video_id, "stored")
-        return target
-
-    def results(self, uri_of: Callable[[str], str]) -> list[dict[str, Any]]:
-        """One per request, in order; a video left completed but unstored is reported ``failed``."""
-        results = []
-        for index, record in enumerate(self._records):
-            record = record or {"video_id": None, "status": "not_submitted", "error": None}
-            status = {"rendering": "timeout", "completed": "failed"}.get(record["status"], record["status"])
-            results.append(
-                {
-                    "index": index,
-                    "video_id": record["video_id"],
-                    "status": status,
-                    "uri": uri_of(record["video_id"]) if status == "stored" else None,
-                    "error": record["error"],
-                    "billing": record.get("billing", {}),
-                }
-            )
-        return results
-
-    def forget_all(self) -> None:
-        """The task succeeded: clearing it later makes a new batch, as with ``SubmitVideoOperator``."""
-        if self._store is not None:
-            for page in range(_page_count(len(self._records))):
-                self._store.delete(f"{BATCH_STATE_KEY}{page}")
-
-
-def recorded(store: Any, count: int) -> list[Any]:
-    """The records of a batch of ``count`` requests in a task state store, ``None`` where there is none."""
-    found: list[Any] = []
-    for page in range(_page_count(count) if store is not None else 0):
-        records = store.get(f"{BATCH_STATE_KEY}{page}")
-        found += ((records if isinstance(records, list) else []) + [None] * PAGE_SIZE)[:PAGE_SIZE]
-    return found[:count]
-
-
-def _page_count(count: int) -> int:
-    return -(-count // PAGE_SIZE)
-
-
-def _error(code: Any, message: Any) -> dict[str, Any]:
-    """An error as recorded and returned: cut short, so a page of records stays small."""
-    return {
-        "code": None if code is None else str(code)[:RECORDED_CODE_CHARS],
-        "message": None if message is None else str(message)[:RECORDED_MESSAGE_CHARS],
-    }

@@ -8,6 +8,7 @@ so operators accept a local path, a storage URI (``file://``, ``s3://``, ``gs://
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import stat
 import struct
@@ -75,21 +76,38 @@ def _read_local(field: str, name: str, limit: int) -> bytes:
     """A regular file of this machine, inside the allowed folders if the deployment names any.
 
     Opened without blocking and checked before reading: a named pipe or a device would hang the task or
-    never end, and a template rendered from a run's conf must not reach files outside those folders.
+    never end, and a template rendered from a run's conf must not reach files outside those folders. The
+    folders are checked twice, where the name leads and where the opened file is: a link swapped in
+    between the two would otherwise lead out of them.
     """
-    real = os.path.realpath(name)
     allowed = allowed_input_folders()
+    real = os.path.realpath(name)
+    _check_inside(field, name, real, allowed)
+    descriptor = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(descriptor, "rb") as file:
+        _check_inside(field, name, _opened_path(descriptor, real), allowed)
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise InvalidVideoRequest(field, f"{name} is not a regular file")
+        return file.read(limit + 1)
+
+
+def _check_inside(field: str, name: str, real: str, allowed: list[str]) -> None:
     if allowed and not any(os.path.commonpath([real, folder]) == folder for folder in allowed):
         raise InvalidVideoRequest(
             field,
             f"{name} is outside the folders this deployment allows for input files "
             f"([octopusx] allowed_input_folders: {', '.join(allowed)})",
         )
-    descriptor = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
-    with os.fdopen(descriptor, "rb") as file:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise InvalidVideoRequest(field, f"{name} is not a regular file")
-        return file.read(limit + 1)
+
+
+def _opened_path(descriptor: int, real: str) -> str:
+    """Where the open file is: the kernel's word where it gives one (Linux), else the name's, if it still
+    leads to that same file."""
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/self/fd/{descriptor}")
+    now = os.path.realpath(real)
+    opened, found = os.fstat(descriptor), os.stat(now)
+    return now if (opened.st_dev, opened.st_ino) == (found.st_dev, found.st_ino) else "/"
 
 
 def allowed_input_folders() -> list[str]:
@@ -126,16 +144,66 @@ def _is_whole(mime: str, data: bytes) -> bool:
             and data.endswith(b"IEND\xaeB`\x82")
         )
     if mime == "image/jpeg":
-        return b"\xff\xd9" in data[-1024:]
+        return _is_whole_jpeg(data)
     if mime == "image/gif":
-        width, height = struct.unpack("<HH", data[6:10]) if len(data) >= 10 else (0, 0)
-        return width > 0 and height > 0 and data.rstrip(b"\x00").endswith(b";")
+        return _is_whole_gif(data)
     if mime == "image/webp":
         declared = int.from_bytes(data[4:8], "little")
         return declared + 8 in (len(data), len(data) - 1) and data[12:16] in (b"VP8 ", b"VP8L", b"VP8X")
     if mime.startswith("video/") and data[4:8] == b"ftyp":
         return 8 <= int.from_bytes(data[:4], "big") <= len(data)
     return True  # WebM: the EBML signature is all that is checked
+
+
+def _is_whole_jpeg(data: bytes) -> bool:
+    """Markers and segment lengths that lead from the start through a frame header to the scan, and the
+    end-of-image marker last."""
+    at, framed = 2, False
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return False
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
+            at += 2
+            continue
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if length < 2:
+            return False
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the end-of-image marker
+            return framed and at + 2 + length < len(data) - 2 and data.endswith(b"\xff\xd9")
+        framed = framed or (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC))
+        at += 2 + length
+    return False
+
+
+def _is_whole_gif(data: bytes) -> bool:
+    """The screen descriptor, every block's sub-blocks chained to their ends, an image, and the trailer
+    last (trailing zero padding allowed)."""
+    if len(data) < 13 or struct.unpack("<HH", data[6:10]) < (1, 1) or 0 in struct.unpack("<HH", data[6:10]):
+        return False
+    at = 13 + (3 << ((data[10] & 0x07) + 1) if data[10] & 0x80 else 0)
+    images = 0
+    while at < len(data):
+        block = data[at]
+        if block == 0x3B:  # trailer
+            return images > 0 and not data[at + 1 :].strip(b"\x00")
+        if block == 0x21:  # extension: label, then sub-blocks
+            at += 2
+        elif block == 0x2C:  # image: descriptor, local colour table, LZW code size, then sub-blocks
+            if at + 10 > len(data):
+                return False
+            flags = data[at + 9]
+            at += 10 + (3 << ((flags & 0x07) + 1) if flags & 0x80 else 0) + 1
+            images += 1
+        else:
+            return False
+        while at < len(data) and data[at] != 0:  # sub-blocks, each its size and then its bytes
+            at += 1 + data[at]
+        at += 1
+    return False
 
 
 def _uri(source: str) -> str:

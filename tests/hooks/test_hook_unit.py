@@ -338,7 +338,8 @@ def test_a_download_gives_up_after_the_attempt_budget() -> None:
 
 def test_video_ids_are_escaped_in_paths() -> None:
     recorder = Recorder(httpx.Response(200, json=VIDEO))
-    make_hook(recorder).get_video("a/../b")
+    with pytest.raises(InvalidResponseError, match="describes video"):  # it answers about another video
+        make_hook(recorder).get_video("a/../b")
     assert recorder.requests[0].url.raw_path == b"/v1/videos/a%2F..%2Fb"
 
 

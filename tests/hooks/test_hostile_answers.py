@@ -291,11 +291,24 @@ class TestLinks:
             ("https://octopusx.ai", "https://cdn.example.com/v.mp4", None),
             ("http://127.0.0.1:8765", "http://127.0.0.1:8766/v.mp4", None),
             ("https://10.0.0.5", "https://10.0.0.9/v.mp4", None),
+            # Unspecified addresses reach this machine's own listeners: loopback, whatever their spelling.
+            ("https://10.0.0.5", "https://0.0.0.0/v.mp4", "loopback"),
+            ("https://10.0.0.5", "https://[::]/v.mp4", "loopback"),
+            ("https://10.0.0.5", "https://[::ffff:0.0.0.0]/v.mp4", "loopback"),
+            ("https://octopusx.ai", "https://0.0.0.0:8080/v.mp4", "loopback"),
         ],
     )
     def test_link_rules(self, api: str, link: str, refused: str | None) -> None:
         reason = ApiEndpoint(api, "k").link_refusal(httpx.URL(link))
         assert reason is None if refused is None else refused in (reason or "")
+
+    def test_the_name_0_is_judged_by_the_address_it_resolves_to(self) -> None:
+        from ipaddress import ip_address
+
+        endpoint = ApiEndpoint("https://10.0.0.5", "k")
+        url = httpx.URL("https://0/v.mp4")
+        assert endpoint.needs_resolving(url)
+        assert "loopback" in (endpoint.link_refusal(url, [ip_address("0.0.0.0")]) or "")
 
     def test_a_host_name_is_judged_by_the_addresses_it_resolves_to(self) -> None:
         endpoint = ApiEndpoint("https://octopusx.ai", "k")

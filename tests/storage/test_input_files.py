@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import os
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, ObjectStoragePath
 
@@ -19,6 +21,7 @@ from airflow_octopusx.operators.octopusx import (
 )
 from airflow_octopusx.simulator import Simulator
 from airflow_octopusx.simulator.media import sample_mp4
+from airflow_octopusx.storage import input_files
 from airflow_octopusx.storage.input_files import (
     MAX_IMAGE_BYTES,
     is_file_reference,
@@ -188,6 +191,9 @@ class TestWhatMayBeRead:
             PNG[:20] + b"\x00" * 13 + PNG[33:],  # IHDR's CRC broken
             b"\xff\xd8\xff\xe0 and then nothing",
             b"RIFF\xff\xff\x00\x00WEBPVP8 short",
+            # The first and last bytes of the format, text between them.
+            b"GIF89a\x01\x00\x01\x00 a text file that ends as a GIF does;",
+            b"\xff\xd8\xff\xe0 a text file that ends as a JPEG does \xff\xd9",
         ],
     )
     def test_bytes_that_only_start_like_an_image_are_refused(self, tmp_path: Path, data: bytes) -> None:
@@ -195,6 +201,41 @@ class TestWhatMayBeRead:
         path.write_bytes(data)
         with pytest.raises(InvalidVideoRequest, match="is not a PNG, JPEG, GIF or WebP image"):
             read_as_data_uri("images[0]", str(path), conn_id=None, video=False)
+
+    @pytest.mark.parametrize(
+        ("codec", "pixels", "media_type"), [("mjpeg", "yuvj420p", "image/jpeg"), ("gif", "rgb8", "image/gif")]
+    )
+    def test_images_an_encoder_made_are_whole(
+        self, tmp_path: Path, codec: str, pixels: str, media_type: str
+    ) -> None:
+        path = tmp_path / "frame"
+        path.write_bytes(encoded_image(codec, pixels))
+        uri = read_as_data_uri("images[0]", str(path), conn_id=None, video=False)
+        assert uri.startswith(f"data:{media_type};base64,")
+
+    def test_a_folder_swapped_for_a_link_while_the_file_is_opened_is_caught(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+        (allowed / "frames").mkdir(parents=True)
+        outside.mkdir()
+        (allowed / "frames" / "frame.png").write_bytes(PNG)
+        (outside / "frame.png").write_bytes(PNG)
+        monkeypatch.setenv("AIRFLOW__OCTOPUSX__ALLOWED_INPUT_FOLDERS", str(allowed))
+        open_file = os.open
+
+        def swapped_first(path: str, flags: int, *args: Any) -> int:
+            # Between the folder check and the open, the folder on the way becomes a link out.
+            (allowed / "frames").rename(allowed / "kept")
+            (allowed / "frames").symlink_to(outside)
+            monkeypatch.setattr(input_files.os, "open", open_file)
+            return open_file(path, flags, *args)
+
+        monkeypatch.setattr(input_files.os, "open", swapped_first)
+        with pytest.raises(InvalidVideoRequest, match="outside the folders"):
+            read_as_data_uri(
+                "first_image_url", str(allowed / "frames" / "frame.png"), conn_id=None, video=False
+            )
 
     def test_a_deployment_can_keep_local_reads_inside_chosen_folders(
         self, frame: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -225,3 +266,16 @@ class TestWhatMayBeRead:
             InvalidVideoRequest, match=r"^images\[1\]: could not be read from .*input_conn_id"
         ):
             read_as_data_uri("images[1]", "s3://no-such-bucket-octopusx/1.png", conn_id=None, video=False)
+
+
+def encoded_image(codec: str, pixels: str) -> bytes:
+    """One 16x16 frame, as an encoder writes it."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mjpeg" if codec == "mjpeg" else "gif") as container:
+        stream = container.add_stream(codec, rate=1)
+        stream.width = stream.height = 16
+        stream.pix_fmt = pixels
+        frame = av.VideoFrame(16, 16, "rgb24").reformat(format=pixels)
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    return buffer.getvalue()

@@ -609,7 +609,8 @@ def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: i
     A request's final state is read from the task state store, which keeps it until the task succeeds;
     a task that succeeded returned every request's result instead.
     """
-    from airflow_octopusx.operators.batch import GenerateVideosOperator, recorded
+    from airflow_octopusx.operators.batch import GenerateVideosOperator, fingerprint
+    from airflow_octopusx.operators.ledger import Ledger
 
     controls = SimulatorControls(api_url)
     controls.reset()
@@ -641,7 +642,8 @@ def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: i
                 triggerer,
             )
         except TaskFailed:
-            return recorded(task.store, len(requests))
+            fingerprints = [fingerprint({"seconds": 4, **request}) for request in requests]
+            return Ledger(task.store, fingerprints, logging.getLogger(__name__)).results(str)
         return list(results)
 
     started = time.monotonic()
