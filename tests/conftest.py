@@ -165,3 +165,31 @@ def hostile_connection(server: HostileServer, monkeypatch: pytest.MonkeyPatch, *
         "extra": {"max_attempts": 1, "timeout": 10, **extra},
     }
     monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", json.dumps(fields))
+
+
+@pytest.fixture
+def lineage_reader_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A real plugin with a hook-lineage reader, as OpenLineage registers one (Airflow 3.3's plugin
+    manager; older Airflow asks its collector whether one is registered, whatever our check says)."""
+    if not AIRFLOW_3_3:
+        yield
+        return
+    from airflow.sdk import plugins_manager
+    from airflow.sdk.lineage import get_hook_lineage_collector
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "lineage_reader.py").write_text(
+        "from airflow.plugins_manager import AirflowPlugin\n"
+        "from airflow.sdk.lineage import HookLineageReader\n"
+        "class LineageReaderPlugin(AirflowPlugin):\n"
+        "    name = 'lineage_reader'\n"
+        "    hook_lineage_readers = [HookLineageReader]\n"
+    )
+    caches = (plugins_manager._get_plugins, plugins_manager.get_hook_lineage_readers_plugins)
+    monkeypatch.setattr(plugins_manager.settings, "PLUGINS_FOLDER", str(plugins))
+    for cached in (*caches, get_hook_lineage_collector):
+        cached.cache_clear()
+    yield
+    for cached in (*caches, get_hook_lineage_collector):
+        cached.cache_clear()

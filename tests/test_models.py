@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from typing import Any
 
@@ -315,3 +316,29 @@ def test_any_json_is_a_video_or_an_invalid_answer(payload: Any) -> None:
         return
     assert 0 <= video.progress <= 100
     assert check_video_id(video.id) == video.id
+
+
+json_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
+data_uris = st.binary(min_size=1, max_size=30).map(
+    lambda data: f"data:image/png;base64,{base64.b64encode(data).decode()}"
+)
+
+
+@given(
+    prompt=json_text.filter(str.strip),
+    first=st.none() | data_uris | st.just("https://frames.test/a.png"),
+    images=st.lists(data_uris | st.just("https://frames.test/b.png"), max_size=5),
+    extra=st.dictionaries(
+        st.sampled_from(["strength", "note", "seed"]),
+        st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | json_text,
+        max_size=3,
+    ),
+)
+def test_the_body_sent_in_parts_is_the_json_of_the_request(
+    prompt: str, first: str | None, images: list[str], extra: dict[str, Any]
+) -> None:
+    request = VideoRequest.build(
+        prompt=prompt, first_image_url=first, images=images, model="omni-fast-v2v", extra_body=extra
+    )
+    body = b"".join(request.body_parts())
+    assert json.loads(body) == request.to_json()

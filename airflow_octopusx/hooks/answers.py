@@ -8,6 +8,7 @@ short excerpt with control characters escaped, so an answer cannot forge log lin
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,16 +64,18 @@ class Answer:
     reason: str = ""
 
     @classmethod
-    def read(cls, response: httpx.Response) -> Answer:
-        body = _Body(response.is_success)
+    def read(cls, response: httpx.Response, give_up: float) -> Answer:
+        """Read the answer whole, by ``give_up`` (``time.monotonic()``) however slowly it drips."""
+        body = _Body(response.is_success, give_up)
         for chunk in response.iter_bytes():
             if body.full_after(chunk):
                 break
         return cls(response.status_code, response.headers, body.bytes(), response.reason_phrase)
 
     @classmethod
-    async def aread(cls, response: httpx.Response) -> Answer:
-        body = _Body(response.is_success)
+    async def aread(cls, response: httpx.Response, give_up: float) -> Answer:
+        """Async ``read``."""
+        body = _Body(response.is_success, give_up)
         async for chunk in response.aiter_bytes():
             if body.full_after(chunk):
                 break
@@ -84,14 +87,18 @@ class Answer:
 
 
 class _Body:
-    """Collects a body up to its cap: a success over it is refused, an error's start is enough."""
+    """Collects a body up to its cap and its time: a success over the cap is refused, an error's start
+    is enough; one not whole in time is a broken transfer."""
 
-    def __init__(self, success: bool) -> None:
+    def __init__(self, success: bool, give_up: float) -> None:
         self._success = success
+        self._give_up = give_up
         self._limit = MAX_ANSWER_BYTES if success else MAX_ERROR_BYTES
         self._data = bytearray()
 
     def full_after(self, chunk: bytes) -> bool:
+        if time.monotonic() > self._give_up:
+            raise TransportError("the answer did not arrive whole in time", request_sent=True)
         self._data += chunk
         if len(self._data) <= self._limit:
             return False

@@ -51,6 +51,8 @@ ASYNC_MAX_CONNECTIONS = 8
 # Longer than the usual poll interval (10 s), so waiting videos keep reusing the same connections instead
 # of reconnecting after httpx's default 5 s idle expiry.
 ASYNC_KEEPALIVE_SECONDS = 20.0
+# What a poll at or past its wait's deadline still gets: its last look at the video.
+MIN_POLL_SECONDS = 1.0
 # Redirects followed for one GET (a CDN may redirect once or twice); a submission follows none.
 MAX_REDIRECTS = 5
 # A CDN answers these when a signed link has expired or was revoked; the API's /content proxy still works.
@@ -195,21 +197,41 @@ class OctopusXHook(BaseHook):
             shown = excerpt(str(url.copy_with(query=None)), 120)
             raise _LinkRefused(f"{shown} is not followed: {reason}", lasting=True)
 
-    def _exchange(self, method: str, path: str, **kwargs: Any) -> Answer:
-        """One request to the API and its whole (capped) answer; any failure is one of our errors."""
-        with _as_our_errors(f"{method} {path}"):
-            request = self.client.build_request(method, path, **kwargs)
-            with contextlib.closing(self._send(request)) as response:
-                return Answer.read(response)
+    def _exchange(self, method: str, path: str, give_up: float | None = None) -> Answer:
+        """One request to the API and its whole (capped) answer; any failure is one of our errors.
 
-    async def _aexchange(self, client: httpx.AsyncClient, method: str, path: str) -> Answer:
+        The answer must be whole within the request timeout, and by ``give_up`` (``time.monotonic()``)
+        when a wait's deadline sets one: an answer dripping a byte at a time holds nothing longer.
+        """
+        with _as_our_errors(f"{method} {path}"):
+            request = self.client.build_request(method, path, **self._bounded(give_up))
+            with contextlib.closing(self._send(request)) as response:
+                return Answer.read(response, self._answer_by(give_up))
+
+    async def _aexchange(
+        self, client: httpx.AsyncClient, method: str, path: str, give_up: float | None = None
+    ) -> Answer:
         """Async ``_exchange``."""
         with _as_our_errors(f"{method} {path}"):
-            response = await self._asend(client, client.build_request(method, path))
+            response = await self._asend(client, client.build_request(method, path, **self._bounded(give_up)))
             try:
-                return await Answer.aread(response)
+                return await Answer.aread(response, self._answer_by(give_up))
             finally:
                 await response.aclose()
+
+    @property
+    def _request_seconds(self) -> float:
+        return self.endpoint.timeout if self.timeout is None else self.timeout
+
+    def _bounded(self, give_up: float | None) -> dict[str, Any]:
+        """A request's timeouts, cut to the time left before ``give_up``."""
+        if give_up is None:
+            return {}
+        return {"timeout": httpx.Timeout(max(min(self._request_seconds, give_up - time.monotonic()), 0.01))}
+
+    def _answer_by(self, give_up: float | None) -> float:
+        whole_by = time.monotonic() + self._request_seconds
+        return whole_by if give_up is None else min(whole_by, give_up)
 
     # -- API calls ----------------------------------------------------------------------------------
 
@@ -224,9 +246,11 @@ class OctopusXHook(BaseHook):
             with attempt:
                 try:
                     # Built here, not through _send: a submission never follows a redirect.
-                    sent = self.client.build_request("POST", "/v1/videos", json=request.to_json())
+                    body = request.body_parts()
+                    headers = {"Content-Type": "application/json", "Content-Length": str(sum(map(len, body)))}
+                    sent = self.client.build_request("POST", "/v1/videos", content=body, headers=headers)
                     with contextlib.closing(self.client.send(sent, stream=True)) as response:
-                        answer = Answer.read(response)
+                        answer = Answer.read(response, self._answer_by(None))
                     raise_for_status(answer)
                     return submitted_video_from(answer)
                 except httpx.HTTPError as error:
@@ -235,50 +259,55 @@ class OctopusXHook(BaseHook):
                     raise _submission_error(error) from None
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    def get_video(self, video_id: str) -> VideoTask:
+    def get_video(self, video_id: str, *, time_left: float | None = None) -> VideoTask:
         """The video's current state; retried on transport errors, unreadable answers, 429 and 5xx.
 
-        A refused key is looked up again once, and the request repeated if the connection now has another
-        key or URL: rotating the key does not fail a wait or a download that is running.
+        ``time_left`` (seconds) bounds the whole call, retries included, so a wait never overruns its
+        deadline by more than ``MIN_POLL_SECONDS``. A refused key is looked up again once, and the request
+        repeated if the connection now has another key or URL: rotating the key does not fail a wait or a
+        download that is running.
         """
+        give_up = _give_up(time_left)
         with self._naming_connection_on_refused_key():
             try:
-                return self._get_video(video_id)
+                return self._get_video(video_id, give_up)
             except AuthenticationError:
                 if not self._reconnect_with_fresh_connection():
                     raise
-                return self._get_video(video_id)
+                return self._get_video(video_id, give_up)
 
-    def _get_video(self, video_id: str) -> VideoTask:
+    def _get_video(self, video_id: str, give_up: float | None = None) -> VideoTask:
         path = _video_path(video_id)
-        for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}")):
+        policy = self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}", give_up=give_up)
+        for attempt in Retrying(**policy):
             with attempt:
-                return video_from(self._exchange("GET", path), video_id)
+                return video_from(self._exchange("GET", path, give_up), video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
-    async def aget_video(self, video_id: str) -> VideoTask:
+    async def aget_video(self, video_id: str, *, time_left: float | None = None) -> VideoTask:
         """Async ``get_video``, for the triggerer; call inside ``async with hook:``.
 
         A refused key is looked up again once, and the poll repeated if the connection now has another
         key or URL: rotating the key does not fail the waits already in the triggerer.
         """
+        give_up = _give_up(time_left)
         with self._naming_connection_on_refused_key():
             try:
-                return await self._aget_video(video_id)
+                return await self._aget_video(video_id, give_up)
             except AuthenticationError:
                 if not await self._reopen_with_fresh_connection():
                     raise
-                return await self._aget_video(video_id)
+                return await self._aget_video(video_id, give_up)
 
-    async def _aget_video(self, video_id: str) -> VideoTask:
+    async def _aget_video(self, video_id: str, give_up: float | None) -> VideoTask:
         client = self._async_client
         if client is None:
             raise RuntimeError("aget_video needs the async client: use it inside `async with hook:`")
         path = _video_path(video_id)
-        retrying = AsyncRetrying(**self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}"))
-        async for attempt in retrying:
+        policy = self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}", give_up=give_up)
+        async for attempt in AsyncRetrying(**policy):
             with attempt:
-                return video_from(await self._aexchange(client, "GET", path), video_id)
+                return video_from(await self._aexchange(client, "GET", path, give_up), video_id)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     @contextlib.contextmanager
@@ -329,7 +358,7 @@ class OctopusXHook(BaseHook):
         watch.starts(poll_interval, deadline)
         while True:
             try:
-                video = self.get_video(video_id)
+                video = self.get_video(video_id, time_left=deadline - time.time())
             except OctopusXError as error:
                 watch.poll_failed(error)
             else:
@@ -357,15 +386,15 @@ class OctopusXHook(BaseHook):
         watch = BatchWatch(video_ids, self.log, self.retry_policy, max_poll_errors)
         while True:
             unfinished = watch.unfinished
-            watch.took(unfinished, [self._poll(video_id) for video_id in unfinished])
+            watch.took(unfinished, [self._poll(video_id, deadline) for video_id in unfinished])
             remaining = deadline - time.time()
             if not watch.unfinished or remaining <= 0:
                 return watch.result()
             time.sleep(min(poll_interval, remaining))
 
-    def _poll(self, video_id: str) -> VideoTask | OctopusXError:
+    def _poll(self, video_id: str, deadline: float) -> VideoTask | OctopusXError:
         try:
-            return self.get_video(video_id)
+            return self.get_video(video_id, time_left=deadline - time.time())
         except OctopusXError as error:
             return error
 
@@ -475,7 +504,7 @@ class OctopusXHook(BaseHook):
                 ):
                     raise _LinkRefused(f"HTTP {response.status_code}")
                 if not response.is_success:
-                    raise_for_status(Answer.read(response), sink.video_id)
+                    raise_for_status(Answer.read(response, self._answer_by(None)), sink.video_id)
                     raise InvalidResponseError(f"{what}: the server answered HTTP {response.status_code}")
                 start = resumed_from(response)
                 if start != sink.written:
@@ -541,6 +570,12 @@ class _LinkRefused(Exception):
     def __init__(self, reason: str, *, lasting: bool = False) -> None:
         super().__init__(reason)
         self.lasting = lasting
+
+
+def _give_up(time_left: float | None) -> float | None:
+    """When a call given ``time_left`` seconds gives up (``time.monotonic()``); one at or past its deadline
+    still gets ``MIN_POLL_SECONDS``, so a wait polls once more."""
+    return None if time_left is None else time.monotonic() + max(time_left, MIN_POLL_SECONDS)
 
 
 def _redirect_of(

@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity.stop import stop_base
 
 from airflow_octopusx.exceptions import (
     APIError,
@@ -61,11 +62,21 @@ class RetryPolicy:
         backoff: float = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
         return backoff * random.uniform(0.5, 1.0)
 
-    def tenacity_arguments(self, *, idempotent: bool, what: str) -> dict[str, Any]:
-        """Arguments for ``tenacity.Retrying`` / ``AsyncRetrying``, so sync and async share one policy."""
+    def tenacity_arguments(
+        self, *, idempotent: bool, what: str, give_up: float | None = None
+    ) -> dict[str, Any]:
+        """Arguments for ``tenacity.Retrying`` / ``AsyncRetrying``, so sync and async share one policy.
+
+        ``give_up`` (``time.monotonic()``) ends the retries when it passes, and no pause outlasts it.
+        """
 
         def wait(state: RetryCallState) -> float:
-            return self.delay(state.attempt_number, _error_of(state))
+            delay = self.delay(state.attempt_number, _error_of(state))
+            return delay if give_up is None else max(min(delay, give_up - time.monotonic()), 0.0)
+
+        stop: stop_base = stop_after_attempt(self.max_attempts)
+        if give_up is not None:
+            stop = stop | stop_after_delay(max(give_up - time.monotonic(), 0.0))
 
         def before_sleep(state: RetryCallState) -> None:
             log.warning(
@@ -78,7 +89,7 @@ class RetryPolicy:
             )
 
         return {
-            "stop": stop_after_attempt(self.max_attempts),
+            "stop": stop,
             "wait": wait,
             "retry": retry_if_exception(lambda error: self.is_retryable(error, idempotent=idempotent)),
             "before_sleep": before_sleep,

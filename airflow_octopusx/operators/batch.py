@@ -17,6 +17,7 @@ from airflow.providers.common.compat.sdk import (
     AssetAlias,
     BaseOperator,
     conf,
+    get_hook_lineage_collector,
 )
 
 from airflow_octopusx.exceptions import InvalidVideoRequest, OctopusXError, RateLimitError
@@ -30,10 +31,12 @@ from airflow_octopusx.operators.octopusx import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
     REQUEST_FIELDS,
     file_reader,
+    hook_lineage_is_read,
     with_files_inlined,
 )
 from airflow_octopusx.storage.video_destination import VideoDestination, file_name, plain_uri
 from airflow_octopusx.triggers.batch import VideoBatchTrigger
+from airflow_octopusx.triggers.octopusx import checked_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -162,9 +165,13 @@ class GenerateVideosOperator(BaseOperator):
         return self._store(context, ledger, waited)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        if not event or event.get("status") != "done" or not isinstance(event.get("videos"), dict):
+        try:
+            event = checked_event(event)
+        except OctopusXError as error:
+            raise AirflowException(str(error)) from error
+        if event["status"] != "done" or not isinstance(event.get("videos"), dict):
             # A retry resumes every recorded video; nothing is submitted twice.
-            raise AirflowException(f"Waiting for the batch failed: {(event or {}).get('message', event)!r}")
+            raise AirflowException(f"Waiting for the batch failed: {event.get('message', event)!r}")
         carried = None
         if context.get("task_state_store") is None:
             ti = context["ti"]
@@ -308,6 +315,8 @@ class GenerateVideosOperator(BaseOperator):
             return target
         with destination.open(target) as file:
             hook.download_video(video_id, file, max_bytes=self.max_bytes, timeout=DEFAULT_DOWNLOAD_TIMEOUT)
+        if hook_lineage_is_read():
+            get_hook_lineage_collector().add_output_asset(context=target, uri=plain_uri(target))
         return target
 
     def _announce(self, context: Context, stored: list[ObjectStoragePath]) -> None:

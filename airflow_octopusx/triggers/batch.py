@@ -47,7 +47,9 @@ class VideoBatchTrigger(PollingTrigger):
                 watch = BatchWatch(self.video_ids, self.log, hook.retry_policy, self.max_poll_errors)
                 while True:
                     unfinished = watch.unfinished
-                    watch.took(unfinished, await asyncio.gather(*(_poll(hook, v) for v in unfinished)))
+                    remaining = self._remaining()
+                    polls = (_poll(hook, video_id, remaining) for video_id in unfinished)
+                    watch.took(unfinished, await asyncio.gather(*polls))
                     remaining = self._remaining()
                     if not watch.unfinished or remaining <= 0:
                         break
@@ -57,9 +59,18 @@ class VideoBatchTrigger(PollingTrigger):
             event = {"status": "error", "message": str(error)}
         yield TriggerEvent(event)
 
+    async def on_kill(self) -> None:
+        """A user marked the task failed or cleared it while it waited (Airflow 3.3+)."""
+        self.log.warning(
+            "Stopped waiting for %d videos, which OctopusX may still be rendering: its API has no way to "
+            "cancel a video. Running the task again resumes them from its ledger instead of paying for new "
+            "ones (Airflow 3.3+).",
+            len(self.video_ids),
+        )
 
-async def _poll(hook: OctopusXHook, video_id: str) -> VideoTask | OctopusXError:
+
+async def _poll(hook: OctopusXHook, video_id: str, time_left: float) -> VideoTask | OctopusXError:
     try:
-        return await hook.aget_video(video_id)
+        return await hook.aget_video(video_id, time_left=time_left)
     except OctopusXError as error:
         return error

@@ -11,13 +11,14 @@ from typing import Any, ClassVar, Final
 
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
+from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError, excerpt
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, VideoWatch
 from airflow_octopusx.models import VideoTask, check_video_id
 
-#: Every status a ``VideoTaskTrigger`` event can carry; ``video_id_from_event`` refuses anything else.
-EVENT_STATUSES: Final = ("success", "failed", "timeout", "error")
+#: Every status an OctopusX trigger's event can carry: one video's (``success``, ``failed``, ``timeout``),
+#: a batch's (``done``), and either's ``error``. ``checked_event`` refuses anything else.
+EVENT_STATUSES: Final = ("success", "failed", "timeout", "done", "error")
 
 
 class PollingTrigger(BaseTrigger):
@@ -114,7 +115,10 @@ class VideoTaskTrigger(PollingTrigger):
         await asyncio.sleep(random.uniform(0, max(0.0, min(self.poll_interval, self._remaining()))))
         while True:
             try:
-                video = await hook.aget_video(self.video_id)
+                remaining = self._remaining()
+                video = await hook.aget_video(
+                    self.video_id, time_left=None if remaining == math.inf else remaining
+                )
             except OctopusXError as error:
                 watch.poll_failed(error)
             else:
@@ -152,11 +156,19 @@ class VideoTaskTrigger(PollingTrigger):
         }
 
 
-def video_id_from_event(event: Any) -> str:
-    """Turn a trigger event into the video id, or the error it stands for; unknown events are refused."""
+def checked_event(event: Any) -> dict[str, Any]:
+    """The event, if it is one an OctopusX trigger fires; an ``OctopusXError`` for anything else."""
     if not isinstance(event, dict) or event.get("status") not in EVENT_STATUSES:
-        raise OctopusXError(f"Unexpected event from VideoTaskTrigger: {event!r}")
-    video_id = str(event["video_id"])
+        raise OctopusXError(f"Unexpected event from an OctopusX trigger: {excerpt(repr(event))}")
+    return event
+
+
+def video_id_from_event(event: Any) -> str:
+    """Turn a ``VideoTaskTrigger`` event into the video id, or the error it stands for."""
+    event = checked_event(event)
+    if event["status"] == "done" or not isinstance(event.get("video_id"), str):
+        raise OctopusXError(f"Unexpected event from VideoTaskTrigger: {excerpt(repr(event))}")
+    video_id: str = event["video_id"]
     status = event["status"]
     if status == "success":
         return video_id

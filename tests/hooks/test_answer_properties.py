@@ -28,7 +28,13 @@ from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoRequest
 from airflow_octopusx.operators.octopusx import DownloadVideoOperator
 from airflow_octopusx.simulator.media import sample_mp4
-from airflow_octopusx.triggers.octopusx import EVENT_STATUSES, VideoTaskTrigger, video_id_from_event
+from airflow_octopusx.triggers.batch import VideoBatchTrigger
+from airflow_octopusx.triggers.octopusx import (
+    EVENT_STATUSES,
+    VideoTaskTrigger,
+    checked_event,
+    video_id_from_event,
+)
 from tests.conftest import hostile_connection
 from tests.hostile import Answer, HostileServer
 from tests.support.task_context import MemoryTaskStateStore, RecordingTaskInstance
@@ -200,6 +206,30 @@ def test_a_trigger_yields_exactly_one_event_whatever_the_polls_get(
     assert events[0]["status"] in EVENT_STATUSES
     with contextlib.suppress(OctopusXError):  # an event that is not a success raises ours, nothing else
         video_id_from_event(events[0])
+
+
+@examples(40)
+@given(
+    polls=st.lists(
+        answers | status_payloads.map(lambda p: Answer.json(json.dumps(p))), min_size=1, max_size=4
+    )
+)
+def test_a_batch_trigger_yields_exactly_one_event_of_the_shared_vocabulary(
+    server: HostileServer, polls: list[Answer]
+) -> None:
+    server.reset()
+    server.script(f"GET {VIDEO}*", *polls)
+    trigger = VideoBatchTrigger(
+        ["video_1"], "octopusx_default", poll_interval=0.01, deadline=time.time() + 0.3
+    )
+
+    async def run() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    [event] = asyncio.run(run())
+    assert checked_event(event)["status"] in ("done", "error")
+    if event["status"] == "done":
+        assert event["videos"]["video_1"]["status"] in ("completed", "failed", "timeout")
 
 
 def _content_ranges() -> st.SearchStrategy[str]:

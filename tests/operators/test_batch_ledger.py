@@ -10,24 +10,28 @@ the right request, and nothing at the destination but whole MP4s of their ids.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
+import json
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from airflow_octopusx.operators.batch import GenerateVideosOperator
 from airflow_octopusx.storage.video_destination import file_name
+from airflow_octopusx.triggers.batch import VideoBatchTrigger
 from tests.conftest import hostile_connection
-from tests.hostile import HostileServer
+from tests.hostile import Answer, HostileServer
 from tests.storage.test_input_files import PNG
 from tests.support.batch_api import FakeVideoApi, mp4_of
 from tests.support.task_context import MemoryTaskStateStore, RecordingTaskInstance
@@ -320,3 +324,62 @@ def test_only_a_file_this_batch_was_storing_counts_as_stored(api: FakeVideoApi, 
     assert [result["status"] for result in results] == ["failed", "failed"]
     assert {result["error"]["code"] for result in results} == {"download_failed"}
     assert (tmp_path / "video_1.mp4").read_bytes() == b"someone else's"
+
+
+def test_a_status_answer_dripping_a_byte_at_a_time_holds_no_wait_past_its_deadline(
+    hostile_server: HostileServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Before, a round of polls waited for its slowest answer, each read bounded only by the 30 s read
+    timeout: a batch with a 2 s deadline was held 42 s. Now each poll gets the time left at most."""
+    hostile_connection(hostile_server, monkeypatch, timeout=30)
+    status = json.dumps({"id": "video_1", "status": "completed", "video_url": ""}).encode()
+    hostile_server.script("POST /v1/videos", Answer.json('{"id": "video_1", "status": "queued"}'))
+    hostile_server.script(
+        "GET /v1/videos/video_1", Answer(200, (), lambda: (bytes([b]) for b in status), pause=0.5)
+    )
+    started = time.monotonic()
+    [result] = run(["a fox"], tmp_path, MemoryTaskStateStore(), timeout=2)
+    assert result["status"] == "timeout"
+    assert time.monotonic() - started < 15  # the drip alone would take 40 s
+
+    trigger = VideoBatchTrigger(["video_1"], "octopusx_default", poll_interval=0.1, deadline=time.time() + 2)
+
+    async def events() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    started = time.monotonic()
+    [event] = asyncio.run(events())
+    assert event["videos"]["video_1"]["status"] == "timeout"
+    assert time.monotonic() - started < 15
+
+
+def test_each_stored_video_is_recorded_once_as_hook_lineage(
+    lineage_reader_plugin: None, api: FakeVideoApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        from airflow.sdk.lineage import HookLineageCollector
+    except ImportError:  # Airflow < 3.2
+        from airflow.lineage.hook import HookLineageCollector  # type: ignore[no-redef]
+    collector = HookLineageCollector()  # what Airflow hands out when a lineage reader (OpenLineage) is on
+    monkeypatch.setattr("airflow_octopusx.operators.batch.get_hook_lineage_collector", lambda: collector)
+    results = run(["a fox", "a kite"], tmp_path, MemoryTaskStateStore())
+    outputs = collector.collected_assets.outputs
+    assert sorted((info.asset.uri, info.count) for info in outputs) == sorted((r["uri"], 1) for r in results)
+
+
+async def test_a_batch_wait_killed_in_the_triggerer_says_its_videos_may_still_render(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    trigger = VideoBatchTrigger(["video_1", "video_2"], "octopusx_default", poll_interval=1, deadline=0)
+    await trigger.on_kill()
+    # Airflow's structured logging prints trigger logs to stdout.
+    [killed] = [line for line in capsys.readouterr().out.splitlines() if "Stopped waiting" in line]
+    assert "Stopped waiting for 2 videos" in killed
+    assert "resumes them" in killed
+
+
+@pytest.mark.parametrize("event", [None, {"status": "success", "video_id": "v"}, {"status": "nope"}, "done"])
+def test_a_batch_refuses_an_event_no_octopusx_trigger_fires(event: Any, tmp_path: Path) -> None:
+    context = {"ti": RecordingTaskInstance(), "task_state_store": MemoryTaskStateStore()}
+    with pytest.raises(AirflowException, match=r"Unexpected event|Waiting for the batch failed"):
+        generate(["a fox"], tmp_path).execute_complete(context, event)

@@ -268,9 +268,9 @@ async def test_first_polls_are_spread_over_the_interval(
     first_polls: dict[str, float] = {}
     real_poll = OctopusXHook.aget_video
 
-    async def timed_poll(hook: OctopusXHook, video_id: str) -> Any:
+    async def timed_poll(hook: OctopusXHook, video_id: str, **bounds: Any) -> Any:
         first_polls.setdefault(video_id, time.monotonic())
-        return await real_poll(hook, video_id)
+        return await real_poll(hook, video_id, **bounds)
 
     monkeypatch.setattr(OctopusXHook, "aget_video", timed_poll)
     started = time.monotonic()
