@@ -151,17 +151,23 @@ class VideoFailedError(OctopusXError):
 class VideoTimeoutError(OctopusXError):
     """The wait ran past its deadline; the video itself may still finish."""
 
-    def __init__(self, video_id: str, deadline: float, progress: float | None = None) -> None:
+    def __init__(
+        self, video_id: str, deadline: float, progress: float | None = None, next_step: str = ""
+    ) -> None:
         self.video_id = video_id
         self.deadline = deadline
+        self.progress = progress
         by = utc_text(deadline)
         at = "" if progress is None else f" (last progress {progress:g}%)"
         super().__init__(
             f"Video {video_id} did not finish by the deadline {by}{at}. It may still complete: wait for it "
             f"with VideoTaskSensor(video_id={video_id!r}) or fetch it with "
-            f"DownloadVideoOperator(video_id={video_id!r}) rather than submitting it again. On Airflow 3.3+, "
-            "running the SubmitVideoOperator task again (a retry, or clearing it) resumes this video."
+            f"DownloadVideoOperator(video_id={video_id!r}) rather than submitting it again.{next_step}"
         )
+
+    def with_next_step(self, next_step: str) -> VideoTimeoutError:
+        """The same timeout, saying what running the task that waited would do (it depends on the task)."""
+        return VideoTimeoutError(self.video_id, self.deadline, self.progress, f" {next_step}")
 
 
 class VideoDownloadError(OctopusXError):

@@ -67,11 +67,15 @@ def get_provider_info() -> dict[str, Any]:
                     # Port stays visible: a hidden port is sent as 0 by the UI's Test button, which
                     # Airflow then refuses as differing from the stored (empty) port.
                     "hidden-fields": ["login", "schema"],
-                    "relabeling": {"host": "Base URL", "password": "API key", "port": "Port (optional)"},
+                    "relabeling": {
+                        "host": "Base URL",
+                        "password": "API key",
+                        "port": "Port (the Test button needs it)",
+                    },
                     "placeholders": {
                         "host": "https://octopusx.ai",
                         "password": "sk-...",
-                        "port": "empty: the Base URL's port",
+                        "port": "443 for https:// (needed by the Test button only)",
                     },
                 },
                 "conn-fields": {

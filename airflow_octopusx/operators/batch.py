@@ -11,6 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.providers.common.compat.sdk import (
+    XCOM_RETURN_KEY,
     AirflowException,
     AirflowFailException,
     Asset,
@@ -20,7 +21,14 @@ from airflow.providers.common.compat.sdk import (
     get_hook_lineage_collector,
 )
 
-from airflow_octopusx.exceptions import InvalidVideoRequest, OctopusXError, RateLimitError
+from airflow_octopusx.exceptions import (
+    AccountError,
+    InvalidVideoRequest,
+    OctopusXError,
+    RateLimitError,
+    excerpt,
+    utc_text,
+)
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoRequest, VideoTask
@@ -140,9 +148,21 @@ class GenerateVideosOperator(BaseOperator):
         )
         ledger.forget_failures(self.resubmit_failed)
         # Every request to send is checked, its files read, before the first is sent; recorded ones never are.
-        self._submit({index: self._built(index, declared[index]) for index in ledger.needs_sending()}, ledger)
+        to_send = {index: self._built(index, declared[index]) for index in ledger.needs_sending()}
+        refused = self._submit(to_send, ledger)
+        if refused is not None:
+            # About the connection, not one video: nothing more can pass, whatever max_failed says.
+            self._push_results(context, ledger, declared)
+            raise refused
         rendering = ledger.rendering()
         deadline = time.time() + self.timeout
+        if rendering:
+            self.log.info(
+                "Waiting for %d videos: a round of status checks every %g s, until %s",
+                len(rendering),
+                self.poll_interval,
+                utc_text(deadline),
+            )
         if rendering and self.deferrable:
             if context.get("task_state_store") is None:
                 # Before Airflow 3.3 the ledger crosses the deferral in XCom (of this try only).
@@ -162,7 +182,7 @@ class GenerateVideosOperator(BaseOperator):
                 if rendering
                 else {}
             )
-        return self._store(context, ledger, waited)
+        return self._store(context, ledger, waited, declared)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         try:
@@ -177,9 +197,10 @@ class GenerateVideosOperator(BaseOperator):
             ti = context["ti"]
             carried = ti.xcom_pull(task_ids=ti.task_id, key=RECORDS_XCOM_KEY, map_indexes=ti.map_index)
         # The requests as written: their files were read when they were sent, and are not read again.
-        fingerprints = [fingerprint(fields) for fields in self._declared_requests()]
-        ledger = Ledger(context.get("task_state_store"), fingerprints, self.log, carried)
-        return self._store(context, ledger, event["videos"])
+        declared = self._declared_requests()
+        fingerprints = [fingerprint(fields) for fields in declared]
+        ledger = Ledger(context.get("task_state_store"), fingerprints, self.log, carried, after_deferral=True)
+        return self._store(context, ledger, event["videos"], declared)
 
     def _declared_requests(self) -> list[dict[str, Any]]:
         """Each request's fields as written (defaults filled in); the first malformed one fails the task."""
@@ -219,15 +240,17 @@ class GenerateVideosOperator(BaseOperator):
             self._inlined[key] = file_reader(self.input_conn_id)(field, value, video)
         return self._inlined[key]
 
-    def _submit(self, requests: dict[int, VideoRequest], ledger: Ledger) -> None:
-        """Send ``requests`` (by index), ``max_concurrent_requests`` at a time over one client.
+    def _submit(self, requests: dict[int, VideoRequest], ledger: Ledger) -> AccountError | None:
+        """Send ``requests`` (by index), ``max_concurrent_requests`` at a time over one client; stop
+        sending at the first refusal of the account (its key, its quota), and return it.
 
         Each request's record says ``sending`` in the task state store before its POST leaves, written
         with the outcomes of those that ended meanwhile: one save per round, however many requests.
         """
         if not requests:
-            return
+            return None
         self.log.info("Submitting %d of %d videos", len(requests), len(self.requests))
+        refused: AccountError | None = None
         waiting = list(requests)
         in_flight: dict[Future[VideoTask], int] = {}
         # One attempt per call: the batch retries, so that a 429 pauses every submission, not one.
@@ -236,8 +259,8 @@ class GenerateVideosOperator(BaseOperator):
             ThreadPoolExecutor(self.max_concurrent_requests, thread_name_prefix="octopusx-submit") as pool,
         ):
             gate = _SubmitGate(RetryPolicy(max_attempts=hook.endpoint.max_attempts))
-            while waiting or in_flight:
-                free = self.max_concurrent_requests - len(in_flight)
+            while (waiting and refused is None) or in_flight:
+                free = self.max_concurrent_requests - len(in_flight) if refused is None else 0
                 leaving, waiting = waiting[:free], waiting[free:]
                 ledger.sending(leaving)
                 ledger.save()
@@ -246,12 +269,20 @@ class GenerateVideosOperator(BaseOperator):
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in done:
                     ledger.sent(in_flight.pop(future), future)
+                    error = future.exception()
+                    if refused is None and isinstance(error, AccountError):
+                        refused = error
             ledger.save()
+        return refused
 
     # -- second run (or the same, on a worker): store what completed -----------------------------------
 
     def _store(
-        self, context: Context, ledger: Ledger, waited: Mapping[str, Mapping[str, Any]]
+        self,
+        context: Context,
+        ledger: Ledger,
+        waited: Mapping[str, Mapping[str, Any]],
+        declared: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
         destination = VideoDestination(
             self.destination if _is_folder(self.destination) else f"{self.destination}/",
@@ -299,9 +330,35 @@ class GenerateVideosOperator(BaseOperator):
                 orphan.video_id or "(id unknown)",
                 orphan.status.value,
             )
-        results = ledger.results(lambda video_id: plain_uri(destination.location(video_id)))
-        self._report(results)
+        results = self._push_results(context, ledger, declared, destination)
+        self._report(results, ledger)
         ledger.forget_all()
+        return results
+
+    def _push_results(
+        self,
+        context: Context,
+        ledger: Ledger,
+        declared: list[dict[str, Any]],
+        destination: VideoDestination | None = None,
+    ) -> list[dict[str, Any]]:
+        """The results, each unstored one in a warning, pushed as the return value before the task may
+        fail: an ``all_done`` downstream task still gets the videos that were stored."""
+        results = ledger.results(
+            lambda video_id: plain_uri(destination.location(video_id)) if destination else None
+        )
+        for result in results:
+            if result["status"] != "stored":
+                prompt = declared[result["index"]].get("prompt")
+                error = result["error"] or {}
+                self.log.warning(
+                    "requests[%d] (%s) not stored: %s%s",
+                    result["index"],
+                    excerpt(prompt, 60) if isinstance(prompt, str) else "no prompt",
+                    result["status"],
+                    f" ({error.get('code')}: {error.get('message')})" if error.get("code") else "",
+                )
+        context["ti"].xcom_push(key=XCOM_RETURN_KEY, value=results)
         return results
 
     def _download(
@@ -335,22 +392,35 @@ class GenerateVideosOperator(BaseOperator):
             elif isinstance(outlet, Asset) and outlet.uri == folder:
                 context["outlet_events"][outlet].extra.update(extra)
 
-    def _report(self, results: list[dict[str, Any]]) -> None:
+    def _report(self, results: list[dict[str, Any]], ledger: Ledger) -> None:
+        """Fail the task when more than ``max_failed`` videos are not stored, saying what a retry would
+        do for each: resume it at no charge, submit it anew (billed), or nothing, as it is final."""
         unstored = [result for result in results if result["status"] != "stored"]
         self.log.info("Stored %d of %d videos", len(results) - len(unstored), len(results))
         if len(unstored) <= self.max_failed:
             return
-        lines = [
-            f"requests[{result['index']}] video {result['video_id'] or '-'}: {result['status']}"
-            + (f" ({result['error']['code']}: {result['error']['message']})" if result["error"] else "")
-            for result in unstored[:SHOWN_FAILURES]
+        by_retry: dict[str, list[str]] = {"resumes": [], "submits": [], "final": []}
+        for result in unstored:
+            error = result["error"] or {}
+            line = f"requests[{result['index']}] video {result['video_id'] or '-'}: {result['status']}" + (
+                f" ({error.get('code')}: {error.get('message')})" if error.get("code") else ""
+            )
+            by_retry[ledger.on_retry(result["index"], self.resubmit_failed)].append(line)
+        headings = {
+            "resumes": "a retry resumes these at no new charge (it waits for them again, or stores them)",
+            "submits": "a retry submits these anew, each a new, billed video",
+            "final": "these will end the same way on every retry: raise max_failed or change these requests",
+        }
+        sections = [
+            f"{len(lines)} {headings[kind]}:\n"
+            + "\n".join(lines[:SHOWN_FAILURES])
+            + (f"\n... and {len(lines) - SHOWN_FAILURES} more" if len(lines) > SHOWN_FAILURES else "")
+            for kind, lines in by_retry.items()
+            if lines
         ]
-        more = f"\n... and {len(unstored) - SHOWN_FAILURES} more" if len(unstored) > SHOWN_FAILURES else ""
         raise AirflowException(
             f"{len(unstored)} of {len(results)} videos were not stored (max_failed={self.max_failed}); the "
-            "stored ones stay, and a retry resumes the rest without submitting any video twice:\n"
-            + "\n".join(lines)
-            + more
+            "stored ones stay, and the results are pushed. " + "\n".join(sections)
         )
 
 

@@ -92,7 +92,13 @@ class Ledger:
     """
 
     def __init__(
-        self, store: Any, fingerprints: list[str], log: Any, carried: list[Any] | None = None
+        self,
+        store: Any,
+        fingerprints: list[str],
+        log: Any,
+        carried: list[Any] | None = None,
+        *,
+        after_deferral: bool = False,
     ) -> None:
         self._store = store
         self._log = log
@@ -118,7 +124,7 @@ class Ledger:
         # Positions may have moved: the first save writes every page.
         self._unsaved_pages = set(range(_page_count(len(self._entries()))))
         resumed = sum(record is not None for record in self._records)
-        if resumed:
+        if resumed and not after_deferral:
             log.info("Resuming %d of %d videos from an earlier try", resumed, len(fingerprints))
 
     def _entries(self) -> list[Record | None]:
@@ -240,11 +246,12 @@ class Ledger:
                 record.status = Status(str(outcome.get("status")))
             except ValueError:
                 record.status = Status.TIMEOUT
-            record.error = (
-                None
-                if record.status is Status.COMPLETED
-                else recorded_error(outcome.get("code"), outcome.get("message"))
-            )
+            if record.status is Status.COMPLETED:
+                record.error = None
+            elif record.status is Status.TIMEOUT:
+                record.error = recorded_error("timeout", "still rendering at the deadline")
+            else:
+                record.error = recorded_error(outcome.get("code"), outcome.get("message"))
             self._unsaved_pages.add(index // PAGE_SIZE)
 
     def to_store(self) -> list[tuple[int, str, bool]]:
@@ -291,6 +298,22 @@ class Ledger:
                 }
             )
         return results
+
+    def on_retry(self, index: int, resubmit_failed: bool) -> str:
+        """What a retry does for a request not stored: ``resumes`` it at no charge (waits again, downloads
+        again), ``submits`` it anew (a new, billed video), or nothing, as it is ``final``."""
+        record = self._records[index]
+        if record is None or (record.status is Status.REFUSED and record.resend):
+            return "submits"
+        if record.status in (Status.RENDERING, Status.TIMEOUT, Status.STORING):
+            return "resumes"
+        if record.status is Status.COMPLETED:
+            return "final" if (record.error or {}).get("code") == "file_name_taken" else "resumes"
+        if record.status is Status.FAILED and record.video_id:
+            error = record.error or {}
+            failure = VideoFailedError(record.video_id, error.get("message") or "", error.get("code"))
+            return "submits" if resubmit_failed or is_transient_failure(failure) else "final"
+        return "final"
 
     def unstored_orphans(self) -> list[Record]:
         """Videos made for requests no longer in the list, or that may have been made, and not stored."""

@@ -25,6 +25,7 @@ from airflow_octopusx.exceptions import (
     InvalidVideoRequest,
     NotFoundError,
     VideoFailedError,
+    VideoTimeoutError,
     excerpt,
 )
 from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
@@ -102,6 +103,10 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
 # A capped video at a slow 1 MB/s takes about 36 minutes; a CDN dripping bytes must not hold a slot forever.
 DEFAULT_DOWNLOAD_TIMEOUT = 3600.0
 VIDEO_URL_XCOM_KEY = "video_url"
+#: What running a submit task that timed out again does: true while it has not succeeded.
+RESUMED_BY_RUNNING_AGAIN = (
+    "On Airflow 3.3+, running this task again (a retry, or clearing it) resumes this video."
+)
 #: What the gateway said it billed for the video, where it said anything: ``ratios`` and ``usage``.
 BILLING_XCOM_KEY = "billing"
 #: The asset alias stored videos are announced through when their path is known only at run time.
@@ -275,6 +280,8 @@ class SubmitVideoOperator(BaseOperator):
                 return self._submit_and_wait(context, request)
             except VideoFailedError as error:
                 raise self._failure(error) from error
+            except VideoTimeoutError as error:
+                raise error.with_next_step(RESUMED_BY_RUNNING_AGAIN) from error
 
     def _submit_and_wait(self, context: Context, request: VideoRequest) -> str:
         video = self._submit_or_resume(context, request)
@@ -370,6 +377,8 @@ class SubmitVideoOperator(BaseOperator):
             video_id = video_id_from_event(event)
         except VideoFailedError as error:
             raise self._failure(error) from error
+        except VideoTimeoutError as error:
+            raise error.with_next_step(RESUMED_BY_RUNNING_AGAIN) from error
         # The event carries no link (it is stored in the metadata DB); one look-up fetches a fresh one.
         with self.hook:
             return self._completed(context, self.hook.get_video(video_id))

@@ -30,6 +30,12 @@ from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_e
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+#: What running the sensor again does; the task that submitted the video succeeded, so clearing it pays.
+SENSED_AGAIN = (
+    "Running this sensor again waits for the same video; clearing the task that submitted it, which "
+    "succeeded, would pay for a new one."
+)
+
 
 def _for_the_triggerer(video_id: Any) -> str | None:
     """``video_id`` in a form Airflow's triggerer can render, or None where it cannot.
@@ -152,4 +158,4 @@ class VideoTaskSensor(BaseSensorOperator):
             return video_id_from_event(event)
         except VideoTimeoutError as error:
             # The same exception as poke mode's timeout, so soft_fail and never_fail behave alike.
-            raise AirflowSensorTimeout(str(error)) from error
+            raise AirflowSensorTimeout(str(error.with_next_step(SENSED_AGAIN))) from error

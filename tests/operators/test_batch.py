@@ -4,6 +4,7 @@ results in request order, failures after storing the rest."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,12 @@ from airflow.providers.common.compat.sdk import (
 )
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
+from airflow_octopusx.exceptions import AuthenticationError, QuotaExceededError
 from airflow_octopusx.operators.ledger import PAGE_SIZE, RECORDED_CODE_CHARS, RECORDED_MESSAGE_CHARS
 from airflow_octopusx.operators.octopusx import DEFAULT_ASSET_ALIAS, GenerateVideosOperator
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.batch import VideoBatchTrigger
-from tests.conftest import BOTH_FLAVOURS
+from tests.conftest import BOTH_FLAVOURS, connection_uri
 
 
 def batch(tmp_path: Path, prompts: list[str], **kwargs: Any) -> GenerateVideosOperator:
@@ -228,8 +230,8 @@ def test_an_exhausted_quota_submits_nothing_more_and_a_retry_after_topping_up_se
     tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
 ) -> None:
     octopusx_conn.configure(quota_videos=1)
-    with pytest.raises(AirflowException):
-        batch(tmp_path, ["a fox", "a kite"], max_concurrent_requests=1).execute(context)
+    with pytest.raises(QuotaExceededError, match="quota has run out"):
+        batch(tmp_path, ["a fox", "a kite"], max_concurrent_requests=1, max_failed=5).execute(context)
     assert octopusx_conn.stats.videos_created == 1
     octopusx_conn.configure(quota_videos=-1)
     results = batch(tmp_path, ["a fox", "a kite"], max_concurrent_requests=1).execute(context)
@@ -243,3 +245,86 @@ def test_what_the_gateway_billed_is_in_each_result(
     octopusx_conn.configure(flavour="new-api")
     results = batch(tmp_path, ["a fox", "a kite"]).execute(context)
     assert [result["billing"] for result in results] == [{"ratios": {"seconds": 6, "size": 1}}] * 2
+
+
+# -- what a user sees of a batch ------------------------------------------------------------------------
+
+
+@BOTH_FLAVOURS
+def test_a_refused_key_fails_the_batch_at_once_whatever_max_failed_says(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_conn, "sk-wrong"))
+    task = batch(tmp_path, ["a fox", "a kite", "a lake"], max_failed=10, max_concurrent_requests=1)
+    with pytest.raises(
+        AuthenticationError, match="Check the 'API key' field of connection 'octopusx_default'"
+    ):
+        task.execute(context)
+    assert octopusx_conn.stats.posts == 1  # the first refusal stops the batch
+    pushed = context["ti"].xcom["return_value"]
+    assert [result["status"] for result in pushed] == ["not_submitted"] * 3
+    # Nothing was made: once the key is right, a retry sends every request.
+    monkeypatch.setenv("AIRFLOW_CONN_OCTOPUSX_DEFAULT", connection_uri(octopusx_conn))
+    results = batch(tmp_path, ["a fox", "a kite", "a lake"]).execute(context)
+    assert [result["status"] for result in results] == ["stored"] * 3
+
+
+def test_a_failed_batch_pushes_its_results_and_warns_of_each_unstored_request(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = ["a fox", "a storm [simulate-failure]", "a kite"]
+    with pytest.raises(AirflowException):
+        batch(tmp_path, prompts).execute(context)
+    pushed = context["ti"].xcom["return_value"]
+    assert [result["status"] for result in pushed] == ["stored", "failed", "stored"]
+    # Airflow's structured logging prints task logs to stdout.
+    [warning] = [line for line in capsys.readouterr().out.splitlines() if "not stored:" in line]
+    assert "requests[1] (a storm [simulate-failure]) not stored: failed (content_policy_violation:" in warning
+
+
+def test_the_failure_says_which_videos_a_retry_resumes_pays_for_again_or_cannot_help(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    prompts = [
+        "a fox",
+        "a storm [simulate-failure]",
+        "a flood [simulate-failure]",
+        "a quake [simulate-failure:server_error]",
+    ]
+    with pytest.raises(AirflowException) as caught:
+        batch(tmp_path, prompts).execute(context)
+    message = str(caught.value)
+    assert "3 of 4 videos were not stored" in message
+    assert "1 a retry submits these anew, each a new, billed video:\nrequests[3]" in message
+    assert (
+        "2 these will end the same way on every retry: raise max_failed or change these requests" in message
+    )
+    assert "without submitting any video twice" not in message
+
+
+def test_a_video_still_rendering_at_the_deadline_says_so_and_the_wait_names_its_deadline(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    octopusx_conn.configure(generation_seconds=60)
+    with pytest.raises(AirflowException) as caught:
+        batch(tmp_path, ["a fox"], timeout=0.5).execute(context)
+    assert "timeout (timeout: still rendering at the deadline)" in str(caught.value)
+    assert "1 a retry resumes these at no new charge" in str(caught.value)
+    assert re.search(
+        r"Waiting for 1 videos: .* until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", capsys.readouterr().out
+    )
+
+
+def test_the_first_try_taking_up_its_videos_after_the_wait_does_not_call_it_resuming(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    octopusx_conn.configure(generation_seconds=0)
+    with pytest.raises(TaskDeferred) as deferred:
+        batch(tmp_path, ["a fox"], deferrable=True).execute(context)
+    event = {
+        "status": "done",
+        "videos": {video: {"status": "completed"} for video in deferred.value.trigger.video_ids},
+    }
+    capsys.readouterr()
+    batch(tmp_path, ["a fox"], deferrable=True).execute_complete(context, event)
+    assert "Resuming" not in capsys.readouterr().out

@@ -134,6 +134,10 @@ class TestExecute:
         video_id = context["ti"].xcom["video_id"]
         assert f"Video {video_id} did not finish" in str(caught.value)
         assert "may still complete" in str(caught.value)
+        # True of a submit task that has not succeeded: its record is kept, so running it again resumes.
+        assert str(caught.value).endswith(
+            "running this task again (a retry, or clearing it) resumes this video."
+        )
 
     def test_arguments_that_render_to_garbage_fail_before_any_request(
         self, octopusx_conn: Simulator, context: dict[str, Any]

@@ -279,6 +279,11 @@ def test_execute_complete_timeout_raises_with_the_deadline(context: dict[str, An
 
     assert isinstance(raised.value.__cause__, VideoTimeoutError)
     assert raised.value.__cause__.video_id == "video_123"
+    # Not the submit task's advice: that task succeeded, and clearing it pays for a new video.
+    assert "clearing the task that submitted it, which succeeded, would pay for a new one" in str(
+        raised.value
+    )
+    assert "resumes this video" not in str(raised.value)
 
 
 def test_execute_complete_error_raises_with_the_message(context: dict[str, Any]) -> None:
