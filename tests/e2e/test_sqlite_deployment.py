@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import assert_one_post_per_playable_video
+from tests.e2e.conftest import assert_one_post_per_playable_video, decoded_frames
 from tests.e2e.deployment import Deployment, SimulatorProcess, parent_pid, wait_until
 
 # Videos each example submits, and its tasks that wait in the triggerer.
@@ -132,19 +132,24 @@ def test_as_the_gateway_answers_the_text_to_video_and_batch_examples_store_every
     task errors at the top level, billing ratios on each submission (docs/answers.md)."""
     simulator.configure(flavour="new-api", generation_seconds=6)
     text_to_video = deployment.trigger("example_octopusx_text_to_video")
-    batch = deployment.trigger(BATCH, {"videos": 6})
+    batch = deployment.trigger("example_octopusx_batch")
 
     assert deployment.wait_for_run("example_octopusx_text_to_video", text_to_video, timeout=120) == "success"
-    assert deployment.wait_for_run(BATCH, batch, timeout=180) == "success"
-    results = deployment.api.xcom(BATCH, batch, "generate_videos")
-    assert [result["status"] for result in results] == ["stored"] * 6
-    assert all(result["billing"]["ratios"] for result in results)
-    assert_one_post_per_playable_video(simulator, videos, 7)
+    assert deployment.wait_for_run("example_octopusx_batch", batch, timeout=180) == "success"
+    results = deployment.api.xcom("example_octopusx_batch", batch, "generate_videos")
+    # The batch example fails one of its four videos on purpose (max_failed=1).
+    assert [result["status"] for result in results] == ["stored", "stored", "stored", "failed"]
+    assert all(result["billing"]["ratios"] == {"seconds": 6, "size": 1} for result in results)
     stats = simulator.stats()
+    assert stats["posts"] == stats["videos_created"] == 5
+    stored = sorted(videos.glob("*.mp4"))
+    assert len(stored) == 4
+    assert all(decoded_frames(path) > 0 for path in stored)
+    assert not list(videos.glob(".*"))
     # Every MP4 came from its own link (metadata.url), none through the API's /content.
-    assert (stats["cdn_gets"], stats["content_gets"]) == (7, 0)
+    assert (stats["cdn_gets"], stats["content_gets"]) == (4, 0)
     print(
-        f"gateway flavour: {len(list(videos.glob('*.mp4')))} files, {stats['posts']} POSTs for 7 videos, "
+        f"gateway flavour: {len(stored)} files, {stats['posts']} POSTs for 5 videos, "
         f"{stats['cdn_gets']} link downloads, {stats['content_gets']} /content downloads"
     )
 
