@@ -17,12 +17,13 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from airflow_octopusx.exceptions import InvalidResponseError, InvalidVideoRequest, VideoFailedError, excerpt
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_MODEL: Final = "omni-fast"
 ASPECT_RATIOS: Final = ("16:9", "9:16")
@@ -79,7 +80,7 @@ _DATA_URI_ANY = re.compile(
 _DATA_URI = re.compile(r"data:image/(?P<type>[a-z0-9.+-]+);base64,(?P<payload>.*)", re.IGNORECASE | re.DOTALL)
 
 
-def _strict_json(name: str, value: Any) -> Any:
+def _strict_json(name: str, value: _T) -> _T:
     """Refuse what strict JSON in UTF-8 cannot carry, as the request's body must: NaN, infinities, and
     lone surrogates (which a ``dag_run.conf`` can hold). Sending such a request would fail mid-way."""
     try:
@@ -94,13 +95,13 @@ def _strict_json(name: str, value: Any) -> Any:
 def _prompt(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidVideoRequest("prompt", "must be a non-empty string", value)
-    return _strict_json("prompt", value)  # type: ignore[no-any-return]
+    return _strict_json("prompt", value)
 
 
 def _model(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidVideoRequest("model", f"must be a model name such as {DEFAULT_MODEL!r}", value)
-    return _strict_json("model", value)  # type: ignore[no-any-return]
+    return _strict_json("model", value)
 
 
 def _seconds(value: Any) -> str | None:
@@ -142,7 +143,7 @@ def _image(name: str, value: Any) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidVideoRequest(name, allowed, value)
-    return _strict_json(name, value)  # type: ignore[no-any-return]
+    return _strict_json(name, value)
 
 
 @functools.lru_cache(maxsize=8)

@@ -429,7 +429,7 @@ class OctopusXHook(BaseHook):
             if not video.is_completed:
                 raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
             # A refused link costs no attempt: after two, /content is used, which raises no _LinkRefused.
-            use_link = self._is_own_link(video) and refused_links < 2
+            use_link = self._has_own_link(video) and refused_links < 2
             try:
                 try:
                     self._transfer(
@@ -472,7 +472,7 @@ class OctopusXHook(BaseHook):
                 )
                 time.sleep(delay)
 
-    def _is_own_link(self, video: VideoTask) -> bool:
+    def _has_own_link(self, video: VideoTask) -> bool:
         """Whether the video has a link of its own, not one to the API's ``/content`` proxy of itself.
 
         The gateway builds such links from its own configured address, which may not be the
