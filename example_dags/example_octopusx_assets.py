@@ -1,6 +1,7 @@
 """Asset-driven post-processing: every stored video is announced through the ``octopusx_videos`` asset
-alias as an event of the file's own asset, with its URI and the video's metadata, and a second
-DAG, scheduled on that alias, writes a JSON sidecar next to each new MP4 (where a real pipeline would
+alias as an event of the file's own asset, with its URI and the video's metadata; every batch through
+``octopusx_video_batches``, as an event of its manifest (one JSON line per request). A second DAG,
+scheduled on either alias, writes a JSON sidecar next to each new MP4 (where a real pipeline would
 transcode, caption or publish it).
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, AssetAlias, ObjectStoragePath, task
 
+from airflow_octopusx.operators.batch import DEFAULT_BATCH_ASSET_ALIAS
 from airflow_octopusx.operators.octopusx import (
     DEFAULT_ASSET_ALIAS,
     DownloadVideoOperator,
@@ -42,20 +44,34 @@ with DAG(
     DownloadVideoOperator(task_id="download_video", video_id=submit.output, destination=OUTPUT_DIR)
 
 
-def write_sidecars(events_by_asset: Mapping[Any, Iterable[Any]]) -> list[str]:
-    """Write ``<video>.json`` beside each new video, from the metadata its asset event carries."""
-    written = []
+def new_videos(events_by_asset: Mapping[Any, Iterable[Any]]) -> list[dict[str, Any]]:
+    """What is known of each new video: an event's extra, or a batch manifest's line for a stored video."""
+    videos = []
     for events in events_by_asset.values():
         for event in events:
-            sidecar = ObjectStoragePath(event.extra["uri"]).with_suffix(".json")
-            sidecar.write_text(json.dumps(event.extra, indent=2, sort_keys=True))
-            written.append(str(sidecar))
+            if "video_id" in event.extra:  # one video, stored by DownloadVideoOperator or a submit
+                videos.append(event.extra)
+            else:  # a batch's manifest: one line per request, stored or not
+                lines = ObjectStoragePath(event.extra["uri"]).read_text().splitlines()
+                results = [json.loads(line) for line in lines]
+                videos.extend(result for result in results if result["status"] == "stored")
+    return videos
+
+
+def write_sidecars(events_by_asset: Mapping[Any, Iterable[Any]]) -> list[str]:
+    """Write ``<video>.json`` beside each new video, from what its event or its batch's manifest says."""
+    written = []
+    for video in new_videos(events_by_asset):
+        sidecar = ObjectStoragePath(video["uri"]).with_suffix(".json")
+        sidecar.write_text(json.dumps(video, indent=2, sort_keys=True))
+        written.append(str(sidecar))
     return written
 
 
 with DAG(
     dag_id="example_octopusx_asset_consumer",
-    schedule=[AssetAlias(DEFAULT_ASSET_ALIAS)],
+    # Either alias: a list would wait for an event of each.
+    schedule=AssetAlias(DEFAULT_ASSET_ALIAS) | AssetAlias(DEFAULT_BATCH_ASSET_ALIAS),
     start_date=START,
     catchup=False,
     tags=["example", "octopusx"],

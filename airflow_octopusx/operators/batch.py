@@ -34,7 +34,6 @@ from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.ledger import Ledger
 from airflow_octopusx.operators.octopusx import (
-    DEFAULT_ASSET_ALIAS,
     DEFAULT_DOWNLOAD_TIMEOUT,
     DEFAULT_MAX_DOWNLOAD_BYTES,
     REQUEST_FIELDS,
@@ -49,6 +48,8 @@ from airflow_octopusx.triggers.octopusx import checked_event
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
+#: The asset alias a batch's manifest is announced through: one event per batch, not one per video.
+DEFAULT_BATCH_ASSET_ALIAS = "octopusx_video_batches"
 #: Where the ledger waits out a deferral on Airflow without a task state store (before 3.3).
 RECORDS_XCOM_KEY = "octopusx_batch_records"
 #: Failures listed in full in the task's error; the rest are counted.
@@ -84,14 +85,20 @@ class GenerateVideosOperator(BaseOperator):
     :param poll_interval: seconds between rounds of status checks.
     :param timeout: seconds to wait for the videos; those still rendering then count as ``timeout``.
     :param max_bytes: refuse a video larger than this.
-    :param asset_alias: the folder is announced through ``AssetAlias(asset_alias)``, one event per try
-        that stored videos, with its ``uri`` and how many; ``None`` announces nothing.
+    :param manifest_name: the file name, in the folder, of the manifest: one JSON line per request, its
+        result and its prompt, written whole at the end of every try that gets that far (a retry
+        replaces it). By default ``<task_id>[.<map_index>].<run_id>.jsonl``, characters other than
+        letters, digits, ``.``, ``_`` and ``-`` as ``_``.
+    :param asset_alias: a successful batch announces its manifest through ``AssetAlias(asset_alias)``
+        (the manifest's asset, with its ``uri``, ``folder``, ``requests`` and how many ``videos`` are
+        stored); ``None`` announces nothing.
     :return: one result per request, in request order: ``index``, ``video_id``, ``status`` (``stored``,
         ``failed``, ``timeout`` or ``not_submitted``), ``uri``, ``error`` (``code``, ``message``) and
         ``billing`` (what the gateway said it billed, e.g. ``{"ratios": {"seconds": 8, "size": 1}}``).
+        The manifest's URI is pushed as XCom ``manifest``.
     """
 
-    template_fields: Sequence[str] = ("requests", "defaults", "destination")
+    template_fields: Sequence[str] = ("requests", "defaults", "destination", "manifest_name")
     template_fields_renderers: ClassVar[dict[str, str]] = {"requests": "json", "defaults": "json"}
     ui_color = "#7b4fd6"
 
@@ -112,7 +119,8 @@ class GenerateVideosOperator(BaseOperator):
         poll_interval: float = 10,
         timeout: float = 3600,
         max_bytes: int | None = DEFAULT_MAX_DOWNLOAD_BYTES,
-        asset_alias: str | None = DEFAULT_ASSET_ALIAS,
+        manifest_name: str | None = None,
+        asset_alias: str | None = DEFAULT_BATCH_ASSET_ALIAS,
         **kwargs: Any,
     ) -> None:
         if not kwargs.get("outlets") and asset_alias is not None:
@@ -138,11 +146,13 @@ class GenerateVideosOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.manifest_name = manifest_name
 
     # -- first run: check, submit (or resume), wait ---------------------------------------------------
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         declared = self._declared_requests()
+        self._manifest(context)  # a bad manifest_name fails the task before anything is sent
         ledger = Ledger(
             context.get("task_state_store"), [fingerprint(fields) for fields in declared], self.log
         )
@@ -152,7 +162,7 @@ class GenerateVideosOperator(BaseOperator):
         refused = self._submit(to_send, ledger)
         if refused is not None:
             # About the connection, not one video: nothing more can pass, whatever max_failed says.
-            self._push_results(context, ledger, declared)
+            self._publish_results(context, ledger, declared)
             raise refused
         rendering = ledger.rendering()
         deadline = time.time() + self.timeout
@@ -234,6 +244,26 @@ class GenerateVideosOperator(BaseOperator):
         except (InvalidVideoRequest, TypeError) as error:
             raise AirflowFailException(f"requests[{index}]: {error}; nothing was submitted") from error
 
+    def _destination(self) -> VideoDestination:
+        return VideoDestination(
+            self.destination if _is_folder(self.destination) else f"{self.destination}/",
+            conn_id=self.destination_conn_id,
+            overwrite=self.overwrite,
+        )
+
+    def _manifest(self, context: Context) -> ObjectStoragePath:
+        """Where this task instance's manifest goes: the same file in every try."""
+        name = self.manifest_name
+        if name is None:
+            ti = context["ti"]
+            mapped = ti.map_index is not None and ti.map_index >= 0
+            name = file_name(f"{self.task_id}{f'.{ti.map_index}' if mapped else ''}.{ti.run_id}.jsonl")
+        elif not isinstance(name, str) or "/" in name or not name.strip("."):
+            raise AirflowFailException(
+                f"manifest_name: must be a file name without '/', got {name!r}; nothing was submitted"
+            )
+        return self._destination().in_folder(name)
+
     def _read_file(self, field: str, value: Any, video: bool) -> str:
         key = (str(value), video)
         if key not in self._inlined:
@@ -284,11 +314,7 @@ class GenerateVideosOperator(BaseOperator):
         waited: Mapping[str, Mapping[str, Any]],
         declared: list[dict[str, Any]],
     ) -> list[dict[str, Any]]:
-        destination = VideoDestination(
-            self.destination if _is_folder(self.destination) else f"{self.destination}/",
-            conn_id=self.destination_conn_id,
-            overwrite=self.overwrite,
-        )
+        destination = self._destination()
         ledger.finished(waited)
         to_store = []
         names: dict[str, str] = {}
@@ -311,42 +337,35 @@ class GenerateVideosOperator(BaseOperator):
                 pool.submit(self._download, hook, destination, video_id, was_storing): (index, video_id)
                 for index, video_id, was_storing in to_store
             }
-            stored = []
             for done in _finished_in_groups(futures):
                 for future in done:
                     index, video_id = futures[future]
                     try:
-                        stored.append(future.result())
+                        future.result()
                         ledger.stored(index)
                     except (OctopusXError, AirflowFailException) as error:
                         self.log.warning("Video %s was not stored: %s", video_id, error)
                         ledger.not_stored(index, "download_failed", error)
                 ledger.save()
-        if stored:
-            self._announce(context, stored)
         for orphan in ledger.unstored_orphans():
             self.log.warning(
                 "Video %s of an earlier try, for a request no longer in the list, is %s and not stored",
                 orphan.video_id or "(id unknown)",
                 orphan.status.value,
             )
-        results = self._push_results(context, ledger, declared, destination)
+        results = self._publish_results(context, ledger, declared)
         self._report(results, ledger)
+        self._announce(context, results)
         ledger.forget_all()
         return results
 
-    def _push_results(
-        self,
-        context: Context,
-        ledger: Ledger,
-        declared: list[dict[str, Any]],
-        destination: VideoDestination | None = None,
+    def _publish_results(
+        self, context: Context, ledger: Ledger, declared: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        """The results, each unstored one in a warning, pushed as the return value before the task may
-        fail: an ``all_done`` downstream task still gets the videos that were stored."""
-        results = ledger.results(
-            lambda video_id: plain_uri(destination.location(video_id)) if destination else None
-        )
+        """The results, each unstored one in a warning, pushed as the return value and written to the
+        manifest before the task may fail: an ``all_done`` downstream task still gets the stored videos."""
+        destination = self._destination()
+        results = ledger.results(lambda video_id: plain_uri(destination.location(video_id)))
         for result in results:
             if result["status"] != "stored":
                 prompt = declared[result["index"]].get("prompt")
@@ -359,37 +378,53 @@ class GenerateVideosOperator(BaseOperator):
                     f" ({error.get('code')}: {error.get('message')})" if error.get("code") else "",
                 )
         context["ti"].xcom_push(key=XCOM_RETURN_KEY, value=results)
+        manifest = self._manifest(context)
+        lines = "".join(
+            json.dumps({**result, "prompt": declared[result["index"]].get("prompt")}, default=str) + "\n"
+            for result in results
+        )
+        # Ours alone, so replaced whatever overwrite says; shown whole or not at all, as a video is.
+        with VideoDestination(manifest, overwrite=True).open(manifest) as file:
+            file.write(lines.encode())
+        context["ti"].xcom_push(key="manifest", value=plain_uri(manifest))
+        self.log.info("The results are in %s", plain_uri(manifest))
         return results
 
     def _download(
         self, hook: OctopusXHook, destination: VideoDestination, video_id: str, was_storing: bool
-    ) -> ObjectStoragePath:
+    ) -> None:
         target = destination.location(video_id)
         if was_storing and not self.overwrite and target.is_file():
             # An earlier try was storing it and was stopped before recording that it had: files appear
             # only whole, so this one is.
             self.log.info("Video %s is already stored at %s (by an earlier try)", video_id, plain_uri(target))
-            return target
+            return
         with destination.open(target) as file:
             hook.download_video(video_id, file, max_bytes=self.max_bytes, timeout=DEFAULT_DOWNLOAD_TIMEOUT)
         if hook_lineage_is_read():
             get_hook_lineage_collector().add_output_asset(context=target, uri=plain_uri(target))
-        return target
 
-    def _announce(self, context: Context, stored: list[ObjectStoragePath]) -> None:
-        """One asset event for the folder, however many videos this try stored.
+    def _announce(self, context: Context, results: list[dict[str, Any]]) -> None:
+        """One asset event for the batch, its manifest's, however many videos it stored.
 
         Not one per video as ``DownloadVideoOperator`` does: Airflow records a task's asset events in the
         call that marks it successful, at about 10 ms each here, and a call slower than the worker's
-        ``[workers] execution_api_timeout`` (5 s) is sent again and the task marked failed. The videos
-        themselves are this task's ``return_value``.
+        ``[workers] execution_api_timeout`` (5 s) is sent again and the task marked failed. Not the
+        folder's either: a consumer of single videos would take it for one, and two tasks announcing one
+        new folder at once race to create its asset (Airflow 3.3.2 fails one of them).
         """
-        folder = plain_uri(stored[0].parent)
-        extra: dict[str, Any] = {"uri": folder, "videos": len(stored)}
+        manifest = self._manifest(context)
+        uri = plain_uri(manifest)
+        extra: dict[str, Any] = {
+            "uri": uri,
+            "folder": plain_uri(manifest.parent),
+            "requests": len(results),
+            "videos": sum(result["status"] == "stored" for result in results),
+        }
         for outlet in self.outlets:
             if isinstance(outlet, AssetAlias):
-                context["outlet_events"][outlet].add(Asset(folder), extra=extra)
-            elif isinstance(outlet, Asset) and outlet.uri == folder:
+                context["outlet_events"][outlet].add(Asset(uri), extra=extra)
+            elif isinstance(outlet, Asset) and outlet.uri == uri:
                 context["outlet_events"][outlet].extra.update(extra)
 
     def _report(self, results: list[dict[str, Any]], ledger: Ledger) -> None:

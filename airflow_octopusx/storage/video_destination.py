@@ -51,6 +51,15 @@ class VideoDestination:
 
     def location(self, video_id: str) -> ObjectStoragePath:
         """The file ``video_id`` is stored at, whether or not something is there."""
+        destination, folder = self._path()
+        return destination / f"{file_name(video_id)}.mp4" if folder else destination
+
+    def in_folder(self, name: str) -> ObjectStoragePath:
+        """The file ``name`` in a folder destination, beside its videos."""
+        return self._path()[0] / name
+
+    def _path(self) -> tuple[ObjectStoragePath, bool]:
+        """The destination as a path, and whether it is a folder."""
         destination = self.destination
         folder = (
             destination.endswith("/")
@@ -62,9 +71,7 @@ class VideoDestination:
                 # Not Path.as_uri(): ObjectStoragePath keeps percent-escapes literally.
                 destination = f"file://{Path(destination).absolute()}"
             destination = ObjectStoragePath(destination, conn_id=self.conn_id)
-        if folder or destination.is_dir():
-            destination = destination / f"{file_name(video_id)}.mp4"
-        return destination
+        return destination, folder or destination.is_dir()
 
     @contextmanager
     def open(self, target: ObjectStoragePath) -> Iterator[IO[bytes]]:

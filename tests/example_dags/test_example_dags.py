@@ -12,7 +12,7 @@ from typing import Any
 
 import av
 import pytest
-from airflow.providers.common.compat.sdk import AssetAlias
+from airflow.providers.common.compat.sdk import AssetAlias, AssetAny
 
 from airflow_octopusx.operators.octopusx import DEFAULT_MAP_INDEX_TEMPLATE
 from airflow_octopusx.simulator import Simulator
@@ -182,7 +182,10 @@ def test_the_asset_consumer_annotates_each_new_video(
         assert write_sidecars({event.asset: [event]}) == [video.with_suffix(".json").as_uri()]
     assert json.loads(video.with_suffix(".json").read_text())["video_id"] == video.stem
     consumer = dagbag.get_dag("example_octopusx_asset_consumer")
-    assert list(consumer.timetable.asset_condition.objects) == [AssetAlias("octopusx_videos")]
+    # Either alias runs it: single videos, and batches by their manifest.
+    assert consumer.timetable.asset_condition == AssetAny(
+        AssetAlias("octopusx_videos"), AssetAlias("octopusx_video_batches")
+    )
 
 
 @pytest.mark.usefixtures("airflow_db")
@@ -203,8 +206,24 @@ def test_the_batch_example_stores_every_video_but_the_one_failed_on_purpose(
     assert not list(output_dir.glob(".*"))
     stats = octopusx_conn.stats
     assert stats.posts == stats.videos_created == 4
-    # One deferral for the whole batch, and one asset event for the folder it stored in.
+    from example_dags.example_octopusx_batch import PROMPTS
+
+    # One deferral for the whole batch, and one asset event, its manifest's: a line per request.
     deferred = [r.getMessage() for r in caplog.records if "running trigger in line" in r.getMessage()]
     assert len(deferred) == 1
+    [manifest] = output_dir.glob("*.jsonl")
+    assert manifest.name == f"generate_videos.{run.run_id}.jsonl".replace(":", "_").replace("+", "_")
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert lines == [result | {"prompt": prompt} for result, prompt in zip(results, PROMPTS, strict=True)]
     [event] = asset_events(run)
-    assert (event.asset.uri, event.extra) == (output_dir.as_uri(), {"uri": output_dir.as_uri(), "videos": 3})
+    assert (event.asset.uri, event.extra) == (
+        manifest.as_uri(),
+        {"uri": manifest.as_uri(), "folder": output_dir.as_uri(), "requests": 4, "videos": 3},
+    )
+    # The example consumer, handed that event, annotates the three stored videos and nothing else.
+    from example_dags.example_octopusx_assets import write_sidecars
+
+    assert sorted(write_sidecars({event.asset: [event]})) == sorted(
+        path.with_suffix(".json").as_uri() for path in stored
+    )
+    assert sorted(output_dir.glob("*.json")) == [path.with_suffix(".json") for path in stored]

@@ -18,11 +18,16 @@ from airflow.providers.common.compat.sdk import (
 from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from airflow_octopusx.exceptions import AuthenticationError, QuotaExceededError
+from airflow_octopusx.operators.batch import DEFAULT_BATCH_ASSET_ALIAS, GenerateVideosOperator
 from airflow_octopusx.operators.ledger import PAGE_SIZE, RECORDED_CODE_CHARS, RECORDED_MESSAGE_CHARS
-from airflow_octopusx.operators.octopusx import DEFAULT_ASSET_ALIAS, GenerateVideosOperator
 from airflow_octopusx.simulator import Fault, Simulator
+from airflow_octopusx.storage.video_destination import file_name
 from airflow_octopusx.triggers.batch import VideoBatchTrigger
 from tests.conftest import BOTH_FLAVOURS, connection_uri
+from tests.support.task_context import RecordingTaskInstance
+
+#: The manifest a batch of task ``generate`` writes beside its videos.
+MANIFEST = file_name(f"generate.{RecordingTaskInstance().run_id}.jsonl")
 
 
 def batch(tmp_path: Path, prompts: list[str], **kwargs: Any) -> GenerateVideosOperator:
@@ -73,7 +78,7 @@ def test_on_the_worker_every_video_is_stored_and_reported_in_request_order(
     for result in (results[0], results[2], results[3]):
         assert Path(result["uri"].removeprefix("file://")).name == f"{result['video_id']}.mp4"
     assert sorted(path.name for path in (tmp_path / "videos").iterdir()) == sorted(
-        f"{result['video_id']}.mp4" for result in results if result["status"] == "stored"
+        [MANIFEST] + [f"{result['video_id']}.mp4" for result in results if result["status"] == "stored"]
     )
     assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 4
     # Done: the records are gone, so clearing the task makes a new batch.
@@ -220,9 +225,13 @@ def test_a_video_stored_by_a_try_killed_before_recording_it_is_not_fetched_again
     # Files already there were taken as stored, and only the others were downloaded.
     assert octopusx_conn.stats.content_gets + octopusx_conn.stats.cdn_gets == fetched + 3 - len(stored_files)
     # The killed try's asset event died with it; the retry's counts every video it stored or found.
-    [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
+    [event] = context["outlet_events"][AssetAlias(DEFAULT_BATCH_ASSET_ALIAS)].asset_alias_events
     folder = (tmp_path / "videos").as_uri()
-    assert (event.dest_asset_key.uri, event.extra) == (folder, {"uri": folder, "videos": 3})
+    manifest = f"{folder}/{MANIFEST}"
+    assert (event.dest_asset_key.uri, event.extra) == (
+        manifest,
+        {"uri": manifest, "folder": folder, "requests": 3, "videos": 3},
+    )
 
 
 @BOTH_FLAVOURS
@@ -277,6 +286,11 @@ def test_a_failed_batch_pushes_its_results_and_warns_of_each_unstored_request(
         batch(tmp_path, prompts).execute(context)
     pushed = context["ti"].xcom["return_value"]
     assert [result["status"] for result in pushed] == ["stored", "failed", "stored"]
+    # The manifest beside the videos says the same, with each request's prompt.
+    manifest = tmp_path / "videos" / MANIFEST
+    assert context["ti"].xcom["manifest"] == manifest.as_uri()
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert lines == [result | {"prompt": prompt} for result, prompt in zip(pushed, prompts, strict=True)]
     # Airflow's structured logging prints task logs to stdout.
     [warning] = [line for line in capsys.readouterr().out.splitlines() if "not stored:" in line]
     assert "requests[1] (a storm [simulate-failure]) not stored: failed (content_policy_violation:" in warning
@@ -328,3 +342,37 @@ def test_the_first_try_taking_up_its_videos_after_the_wait_does_not_call_it_resu
     capsys.readouterr()
     batch(tmp_path, ["a fox"], deferrable=True).execute_complete(context, event)
     assert "Resuming" not in capsys.readouterr().out
+
+
+def test_a_retry_replaces_the_manifest_with_every_request_as_it_now_stands(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    prompts = ["a fox", "a quake [simulate-failure:server_error]"]
+    with pytest.raises(AirflowException):
+        batch(tmp_path, prompts).execute(context)
+    manifest = tmp_path / "videos" / MANIFEST
+    assert [json.loads(line)["status"] for line in manifest.read_text().splitlines()] == ["stored", "failed"]
+
+    batch(tmp_path, ["a fox", "a quake"]).execute(context)
+
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert [(line["prompt"], line["status"]) for line in lines] == [
+        ("a fox", "stored"),
+        ("a quake", "stored"),
+    ]
+    assert not list(manifest.parent.glob(".*"))  # written whole, through a partial file beside it
+
+
+def test_a_named_manifest_for_each_mapped_batch_and_a_bad_name_refused_before_any_post(
+    tmp_path: Path, octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    batch(tmp_path, ["a fox"], manifest_name="fox.jsonl").execute(context)
+    assert (tmp_path / "videos" / "fox.jsonl").is_file()
+    context["ti"].map_index = 2
+    batch(tmp_path, ["a kite"]).execute(context)
+    assert (tmp_path / "videos" / MANIFEST.replace("generate.", "generate.2.")).is_file()
+
+    posts = octopusx_conn.stats.posts
+    with pytest.raises(AirflowFailException, match="manifest_name: must be a file name without '/'"):
+        batch(tmp_path, ["a lake"], manifest_name="../escape.jsonl").execute(context)
+    assert octopusx_conn.stats.posts == posts

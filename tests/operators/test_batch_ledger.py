@@ -54,6 +54,10 @@ class KillingStore(MemoryTaskStateStore):
         super().set(key, value)
 
 
+#: The manifest a batch of task ``generate`` writes beside its videos.
+MANIFEST = file_name(f"generate.{RecordingTaskInstance().run_id}.jsonl")
+
+
 def generate(prompts: list[str], folder: Path, **kwargs: Any) -> GenerateVideosOperator:
     arguments: dict[str, Any] = {
         "task_id": "generate",
@@ -146,9 +150,12 @@ class BatchLedgerMachine(RuleBasedStateMachine):
             assert posts <= self.most_wanted[prompt], f"{prompt!r} was sent {posts} times"
 
     @invariant()
-    def the_destination_holds_only_whole_mp4s_of_their_ids(self) -> None:
+    def the_destination_holds_only_whole_mp4s_of_their_ids_and_a_whole_manifest(self) -> None:
         names = {file_name(video_id): video_id for video_id in self.api.made}
         for path in self.folder.iterdir():
+            if path.name == MANIFEST:
+                assert all(json.loads(line) for line in path.read_text().splitlines())
+                continue
             assert path.suffix == ".mp4", path.name
             assert not path.name.startswith("."), path.name
             assert path.read_bytes() == mp4_of(names[path.stem]), path.name
@@ -174,6 +181,10 @@ class BatchLedgerMachine(RuleBasedStateMachine):
         }
         for video_id, prompt in self.api.made.items():
             assert video_id in reported or prompt in ambiguous, f"{video_id} ({prompt!r}) is unaccounted for"
+        manifest = [json.loads(line) for line in (self.folder / MANIFEST).read_text().splitlines()]
+        assert manifest == [
+            result | {"prompt": prompt} for result, prompt in zip(results, prompts, strict=True)
+        ]
 
     def _run(self) -> list[dict[str, Any]]:
         context = {"ti": RecordingTaskInstance(), "task_state_store": self.store}

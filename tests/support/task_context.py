@@ -15,6 +15,7 @@ class RecordingTaskInstance:
 
     def __init__(self) -> None:
         self.xcom: dict[str, Any] = {}
+        self.run_id = "manual__2026-01-01T00:00:00+00:00"
         self.map_index = -1
 
     def xcom_push(self, key: str, value: Any) -> None:

@@ -13,7 +13,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param, task
 
-from airflow_octopusx.operators.octopusx import GenerateVideosOperator
+from airflow_octopusx.operators.batch import GenerateVideosOperator
 
 OUTPUT_DIR = os.environ.get("OCTOPUSX_OUTPUT_DIR", "/tmp/octopusx/videos/")
 
