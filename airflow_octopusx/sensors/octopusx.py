@@ -13,11 +13,13 @@ import airflow
 from airflow.providers.common.compat.sdk import (
     AirflowFailException,
     AirflowSensorTimeout,
+    AirflowSkipException,
     BaseSensorOperator,
     PokeReturnValue,
     conf,
 )
 from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_3_PLUS
+from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 from airflow.sdk.definitions.xcom_arg import PlainXComArg
 from airflow.triggers.base import StartTriggerArgs
 
@@ -87,14 +89,15 @@ class VideoTaskSensor(BaseSensorOperator):
         if start_from_trigger and not deferrable:
             raise ValueError("VideoTaskSensor: start_from_trigger=True needs deferrable=True")
         trigger_video_id = _for_the_triggerer(video_id) if start_from_trigger else None
+        # Said when the DAG is parsed, and again in the task's log, where its author looks.
+        self._starts_on_a_worker_because: str | None = None
         if start_from_trigger and trigger_video_id is None:
-            warnings.warn(
+            self._starts_on_a_worker_because = (
                 f"VideoTaskSensor {self.task_id}: start_from_trigger needs Airflow 3.3+ (this is "
                 f"{airflow.__version__}) and a video_id its triggerer can render: a plain id, a task's "
-                "output, or a template whose xcom_pull names map_indexes. The task starts on a worker.",
-                UserWarning,
-                stacklevel=2,
+                "output, or a template whose xcom_pull names map_indexes. The task starts on a worker."
             )
+            warnings.warn(self._starts_on_a_worker_because, UserWarning, stacklevel=2)
         self.start_from_trigger = trigger_video_id is not None
         if trigger_video_id is not None:
             # The triggerer renders video_id (the sensor's template field) before the trigger runs;
@@ -117,6 +120,8 @@ class VideoTaskSensor(BaseSensorOperator):
         return OctopusXHook(self.octopusx_conn_id)
 
     def execute(self, context: Context) -> Any:
+        if self._starts_on_a_worker_because:
+            self.log.warning(self._starts_on_a_worker_because)
         try:
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:
@@ -159,3 +164,17 @@ class VideoTaskSensor(BaseSensorOperator):
         except VideoTimeoutError as error:
             # The same exception as poke mode's timeout, so soft_fail and never_fail behave alike.
             raise AirflowSensorTimeout(str(error.with_next_step(SENSED_AGAIN))) from error
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowSensorTimeout as error:
+            if next_method != TRIGGER_FAIL_REPR:
+                raise
+            # Airflow's trigger timeout beat the trigger's own timeout event: say what it means here.
+            message = (
+                f"Video {self.video_id} was not finished when the sensor's timeout ({self.timeout:g} s) "
+                f"ran out (Airflow: {error}). It may still complete. {SENSED_AGAIN}"
+            )
+            # Airflow 3.1 and 3.2 fail it even with soft_fail; 3.3 skips it before this.
+            raise (AirflowSkipException if self.soft_fail else AirflowSensorTimeout)(message) from error

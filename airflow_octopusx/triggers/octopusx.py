@@ -66,8 +66,9 @@ class VideoTaskTrigger(PollingTrigger):
     :param video_id: the OctopusX video id.
     :param octopusx_conn_id: the ``octopusx`` connection; the key is looked up in the triggerer.
     :param poll_interval: seconds between polls.
-    :param deadline: Unix time after which the wait ends with a ``timeout`` event; None when Airflow's
-        trigger timeout ends it instead (a task started in the triggerer has no time to start from).
+    :param deadline: Unix time after which the wait ends with a ``timeout`` event; None for a task
+        started in the triggerer, which has no time to start from: Airflow's trigger timeout is then
+        the deadline.
     :param max_poll_errors: consecutive failed polls (after the hook's own retries) tolerated before giving
         up; authentication and not-found errors end the wait at once.
     :param end_from_trigger: end the task as successful here when the video completes, without a worker
@@ -94,6 +95,11 @@ class VideoTaskTrigger(PollingTrigger):
         try:
             # Rendered here when the task started in the triggerer: check it before it goes in a URL.
             check_video_id(self.video_id)
+            timeout_after = getattr(self, "timeout_after", None)
+            if self.deadline is None and timeout_after is not None:
+                # Started in the triggerer: Airflow's trigger timeout (handed over by 3.3+) is the
+                # deadline, so the wait names it and usually ends with its own timeout event.
+                self.deadline = timeout_after.timestamp()
             async with OctopusXHook(self.octopusx_conn_id) as hook:
                 watch = VideoWatch(self.video_id, self.log, hook.retry_policy, self.max_poll_errors)
                 watch.starts(self.poll_interval, self.deadline)

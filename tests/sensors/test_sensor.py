@@ -9,15 +9,21 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSensorTimeout, TaskDeferred
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowSkipException,
+    TaskDeferred,
+    timezone,
+)
 from airflow.sdk import DAG
 from airflow.sdk.module_loading import import_string
 
-from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError
+from airflow_octopusx.exceptions import OctopusXError, VideoFailedError, VideoTimeoutError, utc_text
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import SubmitVideoOperator
-from airflow_octopusx.sensors.octopusx import VideoTaskSensor
+from airflow_octopusx.sensors.octopusx import SENSED_AGAIN, VideoTaskSensor
 from airflow_octopusx.simulator import Simulator, Stats
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
 from tests.conftest import AIRFLOW_3_3, BOTH_FLAVOURS, xcom_values
@@ -156,6 +162,60 @@ async def test_a_sensor_started_in_the_triggerer_hands_it_a_keyless_trigger_with
     assert [event["status"] for event in events] == ["success"]
     assert waiting.execute_complete(context, events[0]) == video.id
     assert octopusx_conn.stats.posts == 1
+
+
+@pytest.mark.skipif(not AIRFLOW_3_3, reason="the triggerer renders templates from Airflow 3.3")
+async def test_started_in_the_triggerer_the_wait_names_airflows_trigger_timeout_and_ends_by_it(
+    octopusx_conn: Simulator, context: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=60)
+    waiting = sensor(video.id, deferrable=True, start_from_trigger=True, poke_interval=0.1, timeout=1)
+    start = waiting.start_trigger_args
+    assert start is not None
+    trigger = import_string(start.trigger_cls)(**start.trigger_kwargs)
+    # What Airflow 3.3's triggerer sets on every trigger it starts: the task's trigger timeout.
+    trigger.timeout_after = timezone.utcnow() + timedelta(seconds=1)
+
+    events = [event.payload async for event in trigger.run()]
+
+    deadline = trigger.timeout_after.timestamp()
+    assert [(event["status"], event["deadline"]) for event in events] == [("timeout", deadline)]
+    assert f"Waiting for video {video.id}: a status check every 0.1 s, until {utc_text(deadline)}" in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(AirflowSensorTimeout) as raised:
+        waiting.execute_complete(context, events[0])
+    assert f"did not finish by the deadline {utc_text(deadline)}" in str(raised.value)
+    assert SENSED_AGAIN in str(raised.value)
+
+
+def test_airflows_own_trigger_timeout_reads_as_the_sensors_timeout(context: dict[str, Any]) -> None:
+    # What a worker runs when Airflow's trigger timeout fires before the trigger's own timeout event.
+    waiting = sensor("video_123", deferrable=True, timeout=300)
+    with pytest.raises(AirflowSensorTimeout) as raised:
+        waiting.resume_execution("__fail__", {"error": "Trigger timeout"}, context)
+    assert str(raised.value) == (
+        "Video video_123 was not finished when the sensor's timeout (300 s) ran out (Airflow: Trigger "
+        f"timeout). It may still complete. {SENSED_AGAIN}"
+    )
+    with pytest.raises(AirflowSkipException):
+        sensor("video_123", deferrable=True, soft_fail=True).resume_execution(
+            "__fail__", {"error": "Trigger timeout"}, context
+        )
+
+
+def test_a_sensor_that_cannot_start_in_the_triggerer_says_why_in_its_task_log(
+    octopusx_conn: Simulator, context: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = submit(octopusx_conn, generation_seconds=0)
+    with pytest.warns(UserWarning, match="start_from_trigger needs") as parsed:
+        waiting = sensor(
+            "{{ ti.xcom_pull(task_ids='submit_video') }}", deferrable=True, start_from_trigger=True
+        )
+    waiting.video_id = video.id  # as rendered on the worker
+
+    assert waiting.execute(context) == video.id
+    assert str(parsed[0].message) in capsys.readouterr().out
 
 
 async def test_a_trigger_refuses_a_rendered_id_that_is_not_a_video_id_before_any_request(
