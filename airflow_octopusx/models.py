@@ -259,6 +259,14 @@ _VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 def check_video_id(value: Any) -> str:
     """Refuse ids that could not have come from the API, such as ones with path characters."""
+    if value in (None, "None"):
+        # What a template renders when the XCom it pulls does not exist (yet).
+        raise InvalidVideoRequest(
+            "video_id",
+            "is None: the XCom it names does not exist (yet); does this task run after the one that "
+            "pushes it?",
+            value,
+        )
     if not isinstance(value, str) or not _VIDEO_ID.fullmatch(value):
         raise InvalidVideoRequest(
             "video_id",

@@ -45,17 +45,20 @@ with DAG(
 
 
 def new_videos(events_by_asset: Mapping[Any, Iterable[Any]]) -> list[dict[str, Any]]:
-    """What is known of each new video: an event's extra, or a batch manifest's line for a stored video."""
-    videos = []
+    """What is known of each new video: an event's extra, or a batch manifest's line for a stored video.
+
+    Airflow lists an event under its asset and again under the alias it came through: one entry per uri.
+    """
+    videos: dict[str, dict[str, Any]] = {}
     for events in events_by_asset.values():
         for event in events:
             if "video_id" in event.extra:  # one video, stored by DownloadVideoOperator or a submit
-                videos.append(event.extra)
+                videos[event.extra["uri"]] = event.extra
             else:  # a batch's manifest: one line per request, stored or not
                 lines = ObjectStoragePath(event.extra["uri"]).read_text().splitlines()
                 results = [json.loads(line) for line in lines]
-                videos.extend(result for result in results if result["status"] == "stored")
-    return videos
+                videos.update((result["uri"], result) for result in results if result["status"] == "stored")
+    return list(videos.values())
 
 
 def write_sidecars(events_by_asset: Mapping[Any, Iterable[Any]]) -> list[str]:

@@ -9,6 +9,8 @@ It starts the api-server, scheduler, dag-processor, triggerer and the OctopusX s
 (``/usr/bin/chromium``) through Playwright, and writes numbered full-page PNGs (1400 px wide), the
 report ``report.md`` and copies of the component and task logs (``logs/``) into OUTPUT_DIR:
 
+``--part basics`` runs steps 1-4, ``--part batch`` steps 1 (connections through REST), 5 and 6:
+
 1. log in, create the ``octopusx_default`` connection through Admin -> Connections -> Add (the
    deployment has no connection in its environment, so the DAGs use this one), press the list's Test
    button, and call ``POST /api/v2/connections/test``;
@@ -17,8 +19,14 @@ report ``report.md`` and copies of the component and task logs (``logs/``) into 
 3. run ``example_octopusx_mapped``: the mapped task instances, one instance's log, its assets;
 4. add a second connection with a wrong key through the form and run a one-task DAG that uses it
    (written into the deployment's own dags folder, not the repository's): the failed log with the 401;
-5. list every distinct ERROR-level line of the component and task logs written during the successful
-   runs (steps 2-3), with counts; then the same for the rest of the tour.
+5. batches (a DAG file the tour writes into the deployment's dags folder): one with a wrong key and
+   ``max_failed=5``; one whose videos fail, with an ``all_done`` downstream task; the example batch,
+   its XCom and asset event, and the run of the asset consumer it starts;
+6. a sensor started in the triggerer that times out, one whose template cannot start there, and a
+   batch past its deadline: their logs;
+
+and lists every distinct ERROR-level line of the component and task logs written during the
+successful runs (steps 2-3), with counts; then the same for the rest of the tour.
 
 Every wait has a deadline; all processes (Airflow, simulator, Chromium) are stopped at the end, also on
 failure or SIGTERM. A failed step is recorded in the report (with a screenshot of the screen at that
@@ -113,6 +121,113 @@ with DAG(
         octopusx_conn_id="{WRONG_CONN}",
     )
 '''
+BATCH = "example_octopusx_batch"
+CONSUMER = "example_octopusx_asset_consumer"
+BATCH_WRONG_KEY = "ui_tour_batch_wrong_key"
+BATCH_FAILURES = "ui_tour_batch_failures"
+BATCH_DEADLINE = "ui_tour_batch_deadline"
+SENSOR_TIMEOUT = "ui_tour_sensor_timeout"
+SENSOR_TEMPLATE = "ui_tour_sensor_template"
+BATCH_DAGS_FILE = f'''"""Written by scripts/ui_tour.py into its own dags folder: batches and sensors."""
+
+import os
+
+import pendulum
+from airflow.sdk import DAG, task
+
+from airflow_octopusx.operators.batch import GenerateVideosOperator
+from airflow_octopusx.operators.octopusx import SubmitVideoOperator
+from airflow_octopusx.sensors.octopusx import VideoTaskSensor
+
+VIDEOS = os.environ["OCTOPUSX_OUTPUT_DIR"]
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+
+
+def dag(dag_id):
+    return DAG(dag_id=dag_id, schedule=None, start_date=START, catchup=False, tags=["ui-tour"])
+
+
+with dag("{BATCH_WRONG_KEY}"):
+    GenerateVideosOperator(
+        task_id="generate_videos",
+        requests=[{{"prompt": "A fox in the snow"}}, {{"prompt": "A kite"}}, {{"prompt": "A lake"}}],
+        destination=VIDEOS + "wrong-key/",
+        octopusx_conn_id="{WRONG_CONN}",
+        max_failed=5,
+        deferrable=True,
+        poll_interval=2,
+        retries=0,
+    )
+
+with dag("{BATCH_FAILURES}"):
+    generate = GenerateVideosOperator(
+        task_id="generate_videos",
+        requests=[
+            {{"prompt": "A fox in the snow"}},
+            {{"prompt": "A storm over the harbour [simulate-failure]"}},
+            {{"prompt": "A flooded street at night [simulate-failure]"}},
+            {{"prompt": "An earthquake seen from a drone [simulate-failure:server_error]"}},
+        ],
+        destination=VIDEOS + "failures/",
+        deferrable=True,
+        poll_interval=2,
+        retries=0,
+    )
+
+    @task(trigger_rule="all_done")
+    def publish_stored(results):
+        return [result["uri"] for result in results if result["status"] == "stored"]
+
+    publish_stored(generate.output)
+
+with dag("{BATCH_DEADLINE}"):
+    GenerateVideosOperator(
+        task_id="generate_videos",
+        requests=[{{"prompt": "A glacier calving, slow motion"}}],
+        destination=VIDEOS + "deadline/",
+        deferrable=True,
+        poll_interval=2,
+        timeout=8,
+        retries=0,
+    )
+
+with dag("{SENSOR_TIMEOUT}"):
+    submit = SubmitVideoOperator(task_id="submit_video", prompt="A glacier", wait_for_completion=False)
+    VideoTaskSensor(
+        task_id="wait_for_video",
+        video_id=submit.output,
+        deferrable=True,
+        start_from_trigger=True,
+        poke_interval=2,
+        timeout=15,
+    )
+'''
+# In a file of its own: its parse-time warning is logged by every task of the file it is in.
+SENSOR_TEMPLATE_FILE = f'''"""Written by scripts/ui_tour.py: a template its triggerer cannot render."""
+
+import pendulum
+from airflow.sdk import DAG
+
+from airflow_octopusx.operators.octopusx import SubmitVideoOperator
+from airflow_octopusx.sensors.octopusx import VideoTaskSensor
+
+with DAG(
+    dag_id="{SENSOR_TEMPLATE}",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["ui-tour"],
+):
+    submit = SubmitVideoOperator(task_id="submit_video", prompt="A harbour", wait_for_completion=False)
+    submit >> VideoTaskSensor(
+        task_id="wait_for_video",
+        video_id="{{{{ ti.xcom_pull(task_ids='submit_video') }}}}",
+        deferrable=True,
+        start_from_trigger=True,
+        poke_interval=2,
+        timeout=300,
+    )
+'''
 ANY_LINE = re.compile(r"\S")
 # The Task State Store tab has loaded: its table, or the text it shows when the store is empty.
 STATE_STORE_LOADED = re.compile(r"Updated at|persist across retries", re.IGNORECASE)
@@ -154,6 +269,8 @@ class TourDeployment(Deployment):
         for source in E2E_DAGS.glob("*.py"):  # only the examples, as a user would have them
             (self.dags / source.name).unlink(missing_ok=True)
         (self.dags / f"{WRONG_DAG}.py").write_text(WRONG_DAG_FILE)
+        (self.dags / "ui_tour_batch.py").write_text(BATCH_DAGS_FILE)
+        (self.dags / f"{SENSOR_TEMPLATE}.py").write_text(SENSOR_TEMPLATE_FILE)
 
     def log_files(self) -> list[Path]:
         components = [*self.components.values(), *(t.component for t in self.triggerers)]
@@ -415,9 +532,10 @@ def task_path(dag_id: str, run_id: str, task_id: str, tail: str = "") -> str:
 
 
 class Tour:
-    def __init__(self, out: Path, home: Path) -> None:
+    def __init__(self, out: Path, home: Path, part: str = "all") -> None:
         self.out = out
         self.home = home
+        self.part = part
         self.report = Report(out)
         self.started = time.monotonic()
         self.simulator: SimulatorProcess | None = None
@@ -583,6 +701,184 @@ class Tour:
                 shutil.rmtree(profile, ignore_errors=True)
 
     def tour(self) -> None:
+        if self.part in ("all", "basics"):
+            self.basics()
+        else:
+            assert self.browser is not None
+            assert self.rest is not None
+            assert self.simulator is not None
+            with self.step("1. Log in; create octopusx_default and the wrong-key connection through REST"):
+                self.browser.login()
+                for conn_id, key in (("octopusx_default", API_KEY), (WRONG_CONN, WRONG_KEY)):
+                    self.rest.post(
+                        "/api/v2/connections",
+                        json={
+                            "connection_id": conn_id,
+                            "conn_type": "octopusx",
+                            "host": self.simulator.api_url,
+                            "password": key,
+                        },
+                    ).raise_for_status()
+        if self.part in ("all", "batch"):
+            self.batches_and_sensors()
+
+    def log_shot(
+        self, dag_id: str, run_id: str, task_id: str, slug: str, description: str, expect: str = ""
+    ) -> str:
+        """Open a task's log, wait for ``expect`` (a regex) if given, expand it, and take a screenshot."""
+        assert self.browser is not None
+        browser = self.browser
+        browser.goto(task_path(dag_id, run_id, task_id))
+        browser.wait_for_log(ANY_LINE)
+        if expect:
+            with contextlib.suppress(Exception):
+                browser.wait_for_log(re.compile(expect), timeout=20)
+        browser.expand_log_groups()
+        text = browser.log_lines()
+        browser.shot(slug, description, text=text)
+        return text
+
+    def batches_and_sensors(self) -> None:
+        """Issue 20: what a user sees of a batch, of a sensor in the triggerer, and of their messages."""
+        assert self.browser is not None
+        assert self.deployment is not None
+        assert self.simulator is not None
+        browser, deployment, simulator = self.browser, self.deployment, self.simulator
+
+        with self.step("5. Batches: a wrong key, failures, the example batch and the asset consumer"):
+            simulator.configure(generation_seconds=4)
+            deployment.api.unpause(CONSUMER)
+            runs = {dag_id: deployment.trigger(dag_id) for dag_id in (BATCH_WRONG_KEY, BATCH_FAILURES, BATCH)}
+            self.runs.update(runs)
+            for dag_id, run_id in runs.items():
+                self.note(
+                    f"Run of `{dag_id}` ended: **{deployment.wait_for_run(dag_id, run_id, timeout=300)}**."
+                )
+
+            run_id = runs[BATCH_WRONG_KEY]
+            browser.goto(run_path(BATCH_WRONG_KEY, run_id), expect=["Task Instances"])
+            browser.shot(
+                "batch-wrong-key-run", f"{BATCH_WRONG_KEY}: a batch with a wrong key and max_failed=5."
+            )
+            self.log_shot(
+                BATCH_WRONG_KEY,
+                run_id,
+                "generate_videos",
+                "batch-wrong-key-log",
+                "Its generate_videos log (expanded).",
+                expect="401|API key",
+            )
+
+            run_id = runs[BATCH_FAILURES]
+            browser.goto(run_path(BATCH_FAILURES, run_id), expect=["Task Instances"])
+            browser.shot(
+                "batch-failures-run",
+                f"{BATCH_FAILURES}: 4 requests, 3 of which fail (two content-policy failures, one "
+                "server_error), max_failed=0, and a downstream publish_stored task with "
+                "trigger_rule='all_done'.",
+            )
+            self.log_shot(
+                BATCH_FAILURES,
+                run_id,
+                "generate_videos",
+                "batch-failures-log",
+                "generate_videos's log (expanded): the wait, each unstored request, the failure.",
+                expect="were not stored",
+            )
+            browser.goto(task_path(BATCH_FAILURES, run_id, "generate_videos", "/xcom"))
+            browser.settle(2)
+            browser.unfold_json()
+            browser.shot("batch-failures-xcom", "generate_videos's XCom tab after the failure.")
+            self.log_shot(
+                BATCH_FAILURES,
+                run_id,
+                "publish_stored",
+                "batch-failures-publish-log",
+                "publish_stored's log: what the all_done downstream task got.",
+            )
+            states = {
+                ti["task_id"]: ti["state"] for ti in deployment.api.task_instances(BATCH_FAILURES, run_id)
+            }
+            self.note(f"Task states: `{json.dumps(states)}`.")
+
+            run_id = runs[BATCH]
+            browser.goto(task_path(BATCH, run_id, "generate_videos", "/xcom"))
+            browser.settle(2)
+            browser.unfold_json()
+            browser.shot("batch-example-xcom", f"{BATCH}'s generate_videos XCom tab.")
+            browser.goto(task_path(BATCH, run_id, "generate_videos", "/asset_events"), expect=["Asset Event"])
+            browser.unfold_json()
+            browser.shot("batch-example-asset-events", "Its Asset Events tab, event extra unfolded.")
+            consumer_runs = wait_until(
+                lambda: (
+                    [
+                        run
+                        for run in deployment.api.get(f"dags/{CONSUMER}/dagRuns", limit=20)["dag_runs"]
+                        if run["state"] in ("success", "failed")
+                    ]
+                    or None
+                ),
+                timeout=120,
+                interval=2,
+                what=f"a finished run of {CONSUMER}",
+            )
+            consumer = consumer_runs[-1]
+            self.runs[CONSUMER] = consumer["dag_run_id"]
+            self.note(
+                f"`{CONSUMER}` ran after the batch: **{consumer['state']}** (`{consumer['dag_run_id']}`)."
+            )
+            browser.goto(run_path(CONSUMER, consumer["dag_run_id"]), expect=["Task Instances"])
+            browser.shot("consumer-run", f"The run of {CONSUMER} the batch's asset event started.")
+            self.log_shot(
+                CONSUMER,
+                consumer["dag_run_id"],
+                "annotate_new_videos",
+                "consumer-log",
+                "annotate_new_videos's log: the sidecars it wrote.",
+            )
+            written = deployment.api.xcom(CONSUMER, consumer["dag_run_id"], "annotate_new_videos")
+            self.note(f"annotate_new_videos returned: `{json.dumps(written)}`.")
+            files = sorted(path.name for path in deployment.videos.iterdir() if path.is_file())
+            self.note(f"Files at the top of the videos folder: `{json.dumps(files)}`.")
+
+        with self.step(
+            "6. A sensor that times out in the triggerer, one that cannot start there, a batch deadline"
+        ):
+            simulator.configure(generation_seconds=40)
+            runs = {
+                dag_id: deployment.trigger(dag_id)
+                for dag_id in (SENSOR_TIMEOUT, SENSOR_TEMPLATE, BATCH_DEADLINE)
+            }
+            self.runs.update(runs)
+            for dag_id, run_id in runs.items():
+                self.note(
+                    f"Run of `{dag_id}` ended: **{deployment.wait_for_run(dag_id, run_id, timeout=300)}**."
+                )
+            self.log_shot(
+                SENSOR_TIMEOUT,
+                runs[SENSOR_TIMEOUT],
+                "wait_for_video",
+                "sensor-timeout-log",
+                "A sensor started in the triggerer (timeout=15) for a 40 s video: its log (expanded).",
+                expect="timeout",
+            )
+            self.log_shot(
+                SENSOR_TEMPLATE,
+                runs[SENSOR_TEMPLATE],
+                "wait_for_video",
+                "sensor-template-log",
+                "A sensor with start_from_trigger=True and a template without map_indexes: its log.",
+            )
+            self.log_shot(
+                BATCH_DEADLINE,
+                runs[BATCH_DEADLINE],
+                "generate_videos",
+                "batch-deadline-log",
+                "A batch with timeout=8 for a 40 s video: its log (expanded).",
+                expect="were not stored",
+            )
+
+    def basics(self) -> None:
         assert self.browser is not None
         assert self.deployment is not None
         assert self.simulator is not None
@@ -1033,6 +1329,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir", type=Path)
     parser.add_argument(
+        "--part",
+        choices=["all", "basics", "batch"],
+        default="all",
+        help="basics: steps 1-4 (connections, single videos, a wrong key); batch: steps 5-6 (batches, "
+        "sensors in the triggerer); all: both",
+    )
+    parser.add_argument(
         "--keep-home",
         action="store_true",
         help="keep the private AIRFLOW_HOME (database, logs) and print where it is",
@@ -1052,7 +1355,7 @@ def main() -> int:
     signal.signal(signal.SIGHUP, terminate)
     home = Path(tempfile.mkdtemp(prefix="ui-tour-home-"))
     try:
-        return Tour(out, home).run()
+        return Tour(out, home, args.part).run()
     finally:
         if args.keep_home:
             print(f"AIRFLOW_HOME kept: {home}")

@@ -251,6 +251,12 @@ def test_video_ids_that_cannot_come_from_the_api_are_refused(video_id: Any) -> N
         check_video_id(video_id)
 
 
+@pytest.mark.parametrize("video_id", [None, "None"])
+def test_a_template_pulling_a_missing_xcom_is_refused_as_such(video_id: Any) -> None:
+    with pytest.raises(InvalidVideoRequest, match="video_id: is None: the XCom it names does not exist"):
+        check_video_id(video_id)
+
+
 # -- properties: whatever a DAG author or a rendered template passes, whatever the API answers ----------
 
 _anything = st.recursive(

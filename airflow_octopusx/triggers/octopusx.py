@@ -16,6 +16,9 @@ from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, VideoWatch
 from airflow_octopusx.models import VideoTask, check_video_id
 
+#: Seconds before Airflow's trigger timeout that a wait started in the triggerer ends: a triggerer
+#: heartbeat (5 s by default), the time its event may take to be stored before the scheduler's check.
+AIRFLOW_TIMEOUT_LEAD: Final = 5.0
 #: Every status an OctopusX trigger's event can carry: one video's (``success``, ``failed``, ``timeout``),
 #: a batch's (``done``), and either's ``error``. ``checked_event`` refuses anything else.
 EVENT_STATUSES: Final = ("success", "failed", "timeout", "done", "error")
@@ -67,8 +70,8 @@ class VideoTaskTrigger(PollingTrigger):
     :param octopusx_conn_id: the ``octopusx`` connection; the key is looked up in the triggerer.
     :param poll_interval: seconds between polls.
     :param deadline: Unix time after which the wait ends with a ``timeout`` event; None for a task
-        started in the triggerer, which has no time to start from: Airflow's trigger timeout is then
-        the deadline.
+        started in the triggerer, which has no time to start from: the deadline is then
+        ``AIRFLOW_TIMEOUT_LEAD`` seconds before Airflow's trigger timeout.
     :param max_poll_errors: consecutive failed polls (after the hook's own retries) tolerated before giving
         up; authentication and not-found errors end the wait at once.
     :param end_from_trigger: end the task as successful here when the video completes, without a worker
@@ -97,9 +100,9 @@ class VideoTaskTrigger(PollingTrigger):
             check_video_id(self.video_id)
             timeout_after = getattr(self, "timeout_after", None)
             if self.deadline is None and timeout_after is not None:
-                # Started in the triggerer: Airflow's trigger timeout (handed over by 3.3+) is the
-                # deadline, so the wait names it and usually ends with its own timeout event.
-                self.deadline = timeout_after.timestamp()
+                # Started in the triggerer: the wait ends just before Airflow's trigger timeout (handed
+                # over by 3.3+), so that its own timeout event, with the last progress, gets there first.
+                self.deadline = timeout_after.timestamp() - AIRFLOW_TIMEOUT_LEAD
             async with OctopusXHook(self.octopusx_conn_id) as hook:
                 watch = VideoWatch(self.video_id, self.log, hook.retry_policy, self.max_poll_errors)
                 watch.starts(self.poll_interval, self.deadline)

@@ -25,7 +25,7 @@ from airflow_octopusx.models import VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import SubmitVideoOperator
 from airflow_octopusx.sensors.octopusx import SENSED_AGAIN, VideoTaskSensor
 from airflow_octopusx.simulator import Simulator, Stats
-from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
+from airflow_octopusx.triggers.octopusx import AIRFLOW_TIMEOUT_LEAD, VideoTaskTrigger
 from tests.conftest import AIRFLOW_3_3, BOTH_FLAVOURS, xcom_values
 
 POKE_INTERVAL = 0.1
@@ -174,11 +174,12 @@ async def test_started_in_the_triggerer_the_wait_names_airflows_trigger_timeout_
     assert start is not None
     trigger = import_string(start.trigger_cls)(**start.trigger_kwargs)
     # What Airflow 3.3's triggerer sets on every trigger it starts: the task's trigger timeout.
-    trigger.timeout_after = timezone.utcnow() + timedelta(seconds=1)
+    trigger.timeout_after = timezone.utcnow() + timedelta(seconds=AIRFLOW_TIMEOUT_LEAD + 1)
 
     events = [event.payload async for event in trigger.run()]
 
-    deadline = trigger.timeout_after.timestamp()
+    # A little before Airflow's timeout, so that the trigger's own event, with the progress, comes first.
+    deadline = trigger.timeout_after.timestamp() - AIRFLOW_TIMEOUT_LEAD
     assert [(event["status"], event["deadline"]) for event in events] == [("timeout", deadline)]
     assert f"Waiting for video {video.id}: a status check every 0.1 s, until {utc_text(deadline)}" in (
         capsys.readouterr().out
