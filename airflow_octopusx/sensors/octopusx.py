@@ -89,15 +89,15 @@ class VideoTaskSensor(BaseSensorOperator):
         if start_from_trigger and not deferrable:
             raise ValueError("VideoTaskSensor: start_from_trigger=True needs deferrable=True")
         trigger_video_id = _for_the_triggerer(video_id) if start_from_trigger else None
-        # Said when the DAG is parsed, and again in the task's log, where its author looks.
-        self._starts_on_a_worker_because: str | None = None
         if start_from_trigger and trigger_video_id is None:
-            self._starts_on_a_worker_because = (
+            # Airflow logs it where the DAG is parsed: the dag-processor, and the top of the task's log.
+            warnings.warn(
                 f"VideoTaskSensor {self.task_id}: start_from_trigger needs Airflow 3.3+ (this is "
                 f"{airflow.__version__}) and a video_id its triggerer can render: a plain id, a task's "
-                "output, or a template whose xcom_pull names map_indexes. The task starts on a worker."
+                "output, or a template whose xcom_pull names map_indexes. The task starts on a worker.",
+                UserWarning,
+                stacklevel=2,
             )
-            warnings.warn(self._starts_on_a_worker_because, UserWarning, stacklevel=2)
         self.start_from_trigger = trigger_video_id is not None
         if trigger_video_id is not None:
             # The triggerer renders video_id (the sensor's template field) before the trigger runs;
@@ -120,8 +120,6 @@ class VideoTaskSensor(BaseSensorOperator):
         return OctopusXHook(self.octopusx_conn_id)
 
     def execute(self, context: Context) -> Any:
-        if self._starts_on_a_worker_because:
-            self.log.warning(self._starts_on_a_worker_because)
         try:
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:

@@ -185,12 +185,18 @@ def test_sensors_started_in_the_triggerer_run_on_a_worker_only_once_their_video_
     triggerer = deployment.triggerer.job_id
     for task_id in ("wait_by_xcom_arg", "wait_by_template"):
         trigger_log = deployment.task_log(STARTED_IN_TRIGGERER, run_id, task_id, triggerer_job=triggerer)
-        # The triggerer rendered the id; the deadline is Airflow's trigger timeout, as a clock time.
-        waiting = rf"Waiting for video {video_id}: a status check every 1 s, until \d\d:\d\d:\d\d UTC"
+        # The triggerer rendered the id; the deadline, from Airflow's trigger timeout, is a clock time.
+        clock = r"\d\d\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+        waiting = rf"Waiting for video {video_id}: a status check every 1 s, until {clock}"
         assert re.search(waiting, trigger_log), task_id
         assert re.search(r"Video \S+: completed, 100%", trigger_log), task_id
         # One run on a worker, the resumption after the trigger fired: none started the wait.
         worker_log = deployment.task_log(STARTED_IN_TRIGGERER, run_id, task_id)
         assert worker_log.count("::group::Pre Execute") == 1, task_id
         assert deployment.api.xcom(STARTED_IN_TRIGGERER, run_id, task_id) == video_id
+    # The sensor that could not start in the triggerer says why in its own task log (the worker parses
+    # the DAG file, and Airflow logs the warning that raises).
+    worker_log = deployment.task_log(STARTED_IN_TRIGGERER, run_id, "wait_on_a_worker")
+    assert "wait_on_a_worker: start_from_trigger needs Airflow 3.3+" in worker_log
+    assert deployment.api.xcom(STARTED_IN_TRIGGERER, run_id, "wait_on_a_worker") == video_id
     assert simulator.stats()["posts"] == 1

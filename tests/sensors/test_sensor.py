@@ -205,20 +205,6 @@ def test_airflows_own_trigger_timeout_reads_as_the_sensors_timeout(context: dict
         )
 
 
-def test_a_sensor_that_cannot_start_in_the_triggerer_says_why_in_its_task_log(
-    octopusx_conn: Simulator, context: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> None:
-    video = submit(octopusx_conn, generation_seconds=0)
-    with pytest.warns(UserWarning, match="start_from_trigger needs") as parsed:
-        waiting = sensor(
-            "{{ ti.xcom_pull(task_ids='submit_video') }}", deferrable=True, start_from_trigger=True
-        )
-    waiting.video_id = video.id  # as rendered on the worker
-
-    assert waiting.execute(context) == video.id
-    assert str(parsed[0].message) in capsys.readouterr().out
-
-
 async def test_a_trigger_refuses_a_rendered_id_that_is_not_a_video_id_before_any_request(
     octopusx_conn: Simulator,
 ) -> None:

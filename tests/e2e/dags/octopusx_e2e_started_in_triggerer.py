@@ -2,7 +2,8 @@
 
 One reads the id from the submit task's ``XComArg``, the other from a Jinja template (whose
 ``xcom_pull`` must name ``map_indexes`` for Airflow 3.3.2's triggerer); the triggerer renders both
-before the trigger polls. Airflow 3.1 and 3.2 start them on a worker, with a warning.
+before the trigger polls. A third names a template the triggerer could not render, and starts on a
+worker with a warning. Airflow 3.1 and 3.2 start them all on a worker, with a warning.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ with DAG(
     VideoTaskSensor(
         task_id="wait_by_template",
         video_id="{{ ti.xcom_pull(task_ids='submit_video', map_indexes=-1) }}",
+        deferrable=True,
+        start_from_trigger=True,
+        poke_interval=1,
+        timeout=300,
+    )
+    # A template the triggerer could not render (no map_indexes): it starts on a worker, and says why.
+    submit >> VideoTaskSensor(
+        task_id="wait_on_a_worker",
+        video_id="{{ ti.xcom_pull(task_ids='submit_video') }}",
         deferrable=True,
         start_from_trigger=True,
         poke_interval=1,
