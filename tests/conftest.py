@@ -49,6 +49,18 @@ if TYPE_CHECKING:
     from airflow_octopusx.simulator import Simulator
 
 
+#: Test files that start a deployment, run DAGs or soak; ``./dev test --fast`` leaves them out.
+_SLOW_FILES = ("e2e", "example_dags", "test_soak.py", "test_test_environments.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` what ``./dev test --fast`` leaves out: deployments, DAG runs, soaks, the locks."""
+    for item in items:
+        parts = item.path.relative_to(REPO / "tests").parts
+        if parts[0] in _SLOW_FILES or "airflow_db" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     """Create the metadata tables and serialise the DAGs once; ``dag.test()`` needs both.
