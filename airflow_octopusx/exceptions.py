@@ -137,6 +137,12 @@ class AmbiguousSubmissionError(TransportError):
     """A submission may or may not have reached the API: a video may exist and be billed."""
 
 
+#: Error codes of failed videos that another submission of the same request may well get past.
+TRANSIENT_VIDEO_FAILURES = frozenset(
+    {"internal_error", "server_error", "service_unavailable", "timeout", "upstream_error"}
+)
+
+
 class VideoFailedError(OctopusXError):
     """The API finished the video with a failed status (``failed``, ``cancelled``, ``error`` ...)."""
 
@@ -146,6 +152,12 @@ class VideoFailedError(OctopusXError):
         self.message = message
         suffix = f" (code={code})" if code else ""
         super().__init__(f"Video {video_id} failed: {message}{suffix}")
+
+    @property
+    def is_transient(self) -> bool:
+        """Whether submitting the same request again (a new, billed video) may succeed where this failed:
+        only when the API blames itself, since a refused prompt would be refused, and paid for, again."""
+        return self.code in TRANSIENT_VIDEO_FAILURES
 
 
 class VideoTimeoutError(OctopusXError):

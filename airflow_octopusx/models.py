@@ -140,8 +140,7 @@ def _image(name: str, value: Any) -> str:
         if problem is not None:
             raise InvalidVideoRequest(name, problem or allowed, value)
         return value
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_web_link(value):
         raise InvalidVideoRequest(name, allowed, value)
     return _strict_json(name, value)
 
@@ -218,8 +217,7 @@ def _reference_video(name: str, value: Any) -> None:
         if match["kind"].lower() != "video" or len(match["payload"]) * 3 // 4 > MAX_REFERENCE_VIDEO_BYTES:
             raise InvalidVideoRequest(name, allowed, value)
         return
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_web_link(value):
         raise InvalidVideoRequest(name, allowed, value)
 
 
@@ -291,32 +289,17 @@ class VideoRequest:
     extra_body: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def build(
-        cls,
-        *,
-        prompt: Any,
-        model: Any = DEFAULT_MODEL,
-        seconds: Any = None,
-        aspect_ratio: Any = None,
-        resolution: Any = None,
-        first_image_url: Any = None,
-        last_image_url: Any = None,
-        images: Any = None,
-        extra_body: Any = None,
-    ) -> VideoRequest:
-        """Validate raw arguments (as a DAG author wrote or Airflow rendered them) into a request."""
-        raw = {
-            "prompt": prompt,
-            "model": model,
-            "seconds": seconds,
-            "aspect_ratio": aspect_ratio,
-            "resolution": resolution,
-            "first_image_url": first_image_url,
-            "last_image_url": last_image_url,
-            "images": images,
+    def build(cls, fields: Mapping[str, Any]) -> VideoRequest:
+        """Validate request fields (as a DAG author wrote or Airflow rendered them) into a request.
+
+        Fields left out take the defaults (``model`` is ``omni-fast``); an unknown field is refused.
+        """
+        refuse_unknown_fields(fields)
+        checked = {
+            name: check(fields.get(name, DEFAULT_MODEL if name == "model" else None))
+            for name, check in _FIELD_CHECKS.items()
         }
-        checked = {name: _FIELD_CHECKS[name](value) for name, value in raw.items()}
-        checked["extra_body"] = _extra_body(extra_body)
+        checked["extra_body"] = _extra_body(fields.get("extra_body"))
         _check_combination(checked)
         return cls(**checked)
 
@@ -385,6 +368,32 @@ class VideoRequest:
         if self.images:
             parts.append(f"{len(self.images)} reference image(s)")
         return ", ".join(parts)
+
+
+#: The request's fields, in the order of ``VideoRequest``: what the operators take and template.
+REQUEST_FIELDS: Final = tuple(field.name for field in dataclasses.fields(VideoRequest))
+_PLAIN_TYPES: Final = (str, int, float, bool, type(None))
+
+
+def refuse_unknown_fields(fields: Mapping[str, Any]) -> None:
+    """Refuse a field that is not a request field, naming the ones there are."""
+    unknown = sorted(set(fields) - set(REQUEST_FIELDS))
+    if unknown:
+        raise InvalidVideoRequest(
+            unknown[0], f"is not a request field; the fields are {', '.join(REQUEST_FIELDS)}"
+        )
+
+
+def known_at_parse(value: Any) -> Any:
+    """``value`` as far as it is known while the DAG is parsed: templates and XComs are ``UNRENDERED``."""
+    if isinstance(value, str):
+        return UNRENDERED if ("{{" in value or "{%" in value) else value
+    if isinstance(value, (list, tuple)):
+        return [known_at_parse(item) for item in value]
+    if isinstance(value, dict):
+        known = {key: known_at_parse(item) for key, item in value.items()}
+        return UNRENDERED if UNRENDERED in known.values() else known
+    return value if isinstance(value, _PLAIN_TYPES) else UNRENDERED
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ def _run_batch(
     from airflow.providers.common.compat.sdk import TaskDeferred
 
     from airflow_octopusx.operators.batch import GenerateVideosOperator
-    from airflow_octopusx.operators.octopusx import file_reader
+    from airflow_octopusx.storage.input_files import file_reader
     from tests.support.task_context import MemoryTaskStateStore, RecordingTaskInstance
 
     task = GenerateVideosOperator(

@@ -16,7 +16,7 @@ PNG_URI = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n fake i
 
 
 def build(**overrides: Any) -> VideoRequest:
-    return VideoRequest.build(**{"prompt": "ocean waves", **overrides})
+    return VideoRequest.build({"prompt": "ocean waves", **overrides})
 
 
 class TestVideoRequestAccepts:
@@ -291,7 +291,7 @@ def test_a_request_is_either_valid_per_the_api_doc_or_refused_naming_its_field(
     fields: dict[str, Any],
 ) -> None:
     try:
-        body = VideoRequest.build(**fields).to_json()
+        body = VideoRequest.build(fields).to_json()
     except InvalidVideoRequest as error:
         refused = error
     else:
@@ -344,7 +344,13 @@ def test_the_body_sent_in_parts_is_the_json_of_the_request(
     prompt: str, first: str | None, images: list[str], extra: dict[str, Any]
 ) -> None:
     request = VideoRequest.build(
-        prompt=prompt, first_image_url=first, images=images, model="omni-fast-v2v", extra_body=extra
+        {
+            "prompt": prompt,
+            "first_image_url": first,
+            "images": images,
+            "model": "omni-fast-v2v",
+            "extra_body": extra,
+        }
     )
     body = b"".join(request.body_parts())
     assert json.loads(body) == request.to_json()

@@ -18,7 +18,6 @@ from airflow_octopusx.exceptions import (
     RateLimitError,
     ServerError,
     TransportError,
-    VideoFailedError,
 )
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ class RetryPolicy:
     connection was never made, or the server refused up front (429, 503 with ``Retry-After``, or the
     gateway's own word that it created nothing: ``APIError.nothing_created``).
 
-    A video the API failed is a different matter: see ``is_transient_failure``.
+    A video the API failed is a different matter: see ``VideoFailedError.is_transient``.
     """
 
     max_attempts: int = 5
@@ -95,20 +94,6 @@ class RetryPolicy:
             "before_sleep": before_sleep,
             "reraise": True,
         }
-
-
-#: Error codes of failed videos that another submission of the same request may well get past.
-TRANSIENT_VIDEO_FAILURES = frozenset(
-    {"internal_error", "server_error", "service_unavailable", "timeout", "upstream_error"}
-)
-
-
-def is_transient_failure(error: VideoFailedError) -> bool:
-    """Whether submitting the same request again (a new, billed video) may succeed where this one failed.
-
-    Only when the API blames itself: a prompt refused for its content would be refused, and paid for, again.
-    """
-    return error.code in TRANSIENT_VIDEO_FAILURES
 
 
 def _error_of(state: RetryCallState) -> BaseException | None:

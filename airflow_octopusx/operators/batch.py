@@ -14,13 +14,13 @@ from airflow.providers.common.compat.sdk import (
     XCOM_RETURN_KEY,
     AirflowException,
     AirflowFailException,
-    Asset,
     AssetAlias,
     BaseOperator,
     conf,
     get_hook_lineage_collector,
 )
 
+from airflow_octopusx._compat import hook_lineage_is_read
 from airflow_octopusx.exceptions import (
     AccountError,
     InvalidVideoRequest,
@@ -31,16 +31,10 @@ from airflow_octopusx.exceptions import (
 )
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.retry import RetryPolicy
-from airflow_octopusx.models import VideoRequest, VideoTask
+from airflow_octopusx.models import VideoRequest, VideoTask, refuse_unknown_fields
 from airflow_octopusx.operators.ledger import Ledger
-from airflow_octopusx.operators.octopusx import (
-    DEFAULT_DOWNLOAD_TIMEOUT,
-    DEFAULT_MAX_DOWNLOAD_BYTES,
-    REQUEST_FIELDS,
-    file_reader,
-    hook_lineage_is_read,
-    with_files_inlined,
-)
+from airflow_octopusx.operators.octopusx import DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_MAX_DOWNLOAD_BYTES, announce
+from airflow_octopusx.storage.input_files import file_reader, with_files_inlined
 from airflow_octopusx.storage.video_destination import VideoDestination, file_name, plain_uri
 from airflow_octopusx.triggers.batch import VideoBatchTrigger
 from airflow_octopusx.triggers.octopusx import checked_event
@@ -65,7 +59,7 @@ class GenerateVideosOperator(BaseOperator):
     3.3+), each request marked before its POST leaves, so a retry or a killed worker resumes: nothing is
     submitted twice, ambiguous submissions are reported and not resent, stored videos are not downloaded
     again. Only videos the API failed for a reason it blames on itself
-    (``hooks.retry.TRANSIENT_VIDEO_FAILURES``), or any with ``resubmit_failed``, are submitted anew by a
+    (``exceptions.TRANSIENT_VIDEO_FAILURES``), or any with ``resubmit_failed``, are submitted anew by a
     retry: a new, billed video.
 
     :param requests: a list of dicts with ``SubmitVideoOperator``'s request fields (``prompt``,
@@ -228,20 +222,18 @@ class GenerateVideosOperator(BaseOperator):
                     "nothing was submitted"
                 )
             fields = {**(self.defaults or {}), **request}
-            unknown = sorted(set(fields) - set(REQUEST_FIELDS))
-            if unknown:
-                raise AirflowFailException(
-                    f"requests[{index}]: {unknown[0]}: is not a request field; the fields are "
-                    f"{', '.join(REQUEST_FIELDS)}; nothing was submitted"
-                )
+            try:
+                refuse_unknown_fields(fields)
+            except InvalidVideoRequest as error:
+                raise AirflowFailException(f"requests[{index}]: {error}; nothing was submitted") from error
             declared.append(fields)
         return declared
 
     def _built(self, index: int, fields: dict[str, Any]) -> VideoRequest:
         """The request to send, its files read once per path for the whole batch (they share the text)."""
         try:
-            return VideoRequest.build(**with_files_inlined(fields, self._read_file))
-        except (InvalidVideoRequest, TypeError) as error:
+            return VideoRequest.build(with_files_inlined(fields, self._read_file))
+        except InvalidVideoRequest as error:
             raise AirflowFailException(f"requests[{index}]: {error}; nothing was submitted") from error
 
     def _destination(self) -> VideoDestination:
@@ -415,17 +407,13 @@ class GenerateVideosOperator(BaseOperator):
         """
         manifest = self._manifest(context)
         uri = plain_uri(manifest)
-        extra: dict[str, Any] = {
+        extra = {
             "uri": uri,
             "folder": plain_uri(manifest.parent),
             "requests": len(results),
             "videos": sum(result["status"] == "stored" for result in results),
         }
-        for outlet in self.outlets:
-            if isinstance(outlet, AssetAlias):
-                context["outlet_events"][outlet].add(Asset(uri), extra=extra)
-            elif isinstance(outlet, Asset) and outlet.uri == uri:
-                context["outlet_events"][outlet].extra.update(extra)
+        announce(context, self.outlets, uri, extra)
 
     def _report(self, results: list[dict[str, Any]], ledger: Ledger) -> None:
         """Fail the task when more than ``max_failed`` videos are not stored, saying what a retry would

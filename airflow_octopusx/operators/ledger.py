@@ -16,8 +16,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_octopusx.exceptions import AccountError, BadRequestError, OctopusXError, VideoFailedError
-from airflow_octopusx.hooks.retry import RetryPolicy, is_transient_failure
+from airflow_octopusx.exceptions import (
+    TRANSIENT_VIDEO_FAILURES,
+    AccountError,
+    BadRequestError,
+    OctopusXError,
+)
+from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.models import VideoTask
 
 #: Task state store key of a page of records; the page number follows. A thousand videos take 40 reads
@@ -154,13 +159,12 @@ class Ledger:
         for index, record in enumerate(self._records):
             if record is None or record.status is not Status.FAILED or not record.video_id:
                 continue
-            error = record.error or {}
-            failure = VideoFailedError(record.video_id, error.get("message") or "", error.get("code"))
-            if resubmit_failed or is_transient_failure(failure):
+            code = (record.error or {}).get("code")
+            if resubmit_failed or code in TRANSIENT_VIDEO_FAILURES:
                 self._log.warning(
                     "Video %s failed in an earlier try (%s); submitting it anew (a new, billed video)",
                     record.video_id,
-                    failure.code,
+                    code,
                 )
                 self._set(index, None)
 
@@ -310,9 +314,8 @@ class Ledger:
         if record.status is Status.COMPLETED:
             return "final" if (record.error or {}).get("code") == "file_name_taken" else "resumes"
         if record.status is Status.FAILED and record.video_id:
-            error = record.error or {}
-            failure = VideoFailedError(record.video_id, error.get("message") or "", error.get("code"))
-            return "submits" if resubmit_failed or is_transient_failure(failure) else "final"
+            transient = (record.error or {}).get("code") in TRANSIENT_VIDEO_FAILURES
+            return "submits" if resubmit_failed or transient else "final"
         return "final"
 
     def unstored_orphans(self) -> list[Record]:

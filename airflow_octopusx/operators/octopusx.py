@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,6 +19,7 @@ from airflow.providers.common.compat.sdk import (
     get_hook_lineage_collector,
 )
 
+from airflow_octopusx._compat import DEFAULT_MAP_INDEX_TEMPLATE, hook_lineage_is_read, label_if_mapped
 from airflow_octopusx.exceptions import (
     AmbiguousSubmissionError,
     BadRequestError,
@@ -29,74 +30,23 @@ from airflow_octopusx.exceptions import (
     excerpt,
 )
 from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
-from airflow_octopusx.hooks.retry import is_transient_failure
 from airflow_octopusx.models import (
     DEFAULT_MODEL,
-    REFERENCE_VIDEO_FIELDS,
+    REQUEST_FIELDS,
     UNRENDERED,
     VideoRequest,
     VideoTask,
     check_video_id,
     is_web_link,
+    known_at_parse,
 )
-from airflow_octopusx.storage.input_files import is_file_reference, read_as_data_uri
+from airflow_octopusx.storage.input_files import file_reader, with_files_inlined
 from airflow_octopusx.storage.video_destination import VideoDestination, plain_uri
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
-
-REQUEST_FIELDS = (
-    "prompt",
-    "model",
-    "seconds",
-    "aspect_ratio",
-    "resolution",
-    "first_image_url",
-    "last_image_url",
-    "images",
-    "extra_body",
-)
-_PLAIN_TYPES = (str, int, float, bool, type(None))
-
-
-def with_files_inlined(fields: dict[str, Any], read: Callable[[str, Any, bool], Any]) -> dict[str, Any]:
-    """Request fields with images (and a v2v reference video) given as files replaced by ``read(...)``."""
-
-    def inline(field: str, value: Any, *, video: bool = False) -> Any:
-        return read(field, value, video) if is_file_reference(value) else value
-
-    fields = dict(fields)
-    for name in ("first_image_url", "last_image_url"):
-        fields[name] = inline(name, fields.get(name))
-    if isinstance(fields.get("images"), (list, tuple)):
-        fields["images"] = [inline(f"images[{i}]", image) for i, image in enumerate(fields["images"])]
-    if isinstance(fields.get("extra_body"), dict) and fields.get("model", DEFAULT_MODEL) != DEFAULT_MODEL:
-        # Only the reference video may be a file; any other string is the API's to read as it is.
-        fields["extra_body"] = {
-            key: inline(f"extra_body.{key}", value, video=True) if key in REFERENCE_VIDEO_FIELDS else value
-            for key, value in fields["extra_body"].items()
-        }
-    return fields
-
-
-def file_reader(conn_id: str | None) -> Callable[[str, Any, bool], str]:
-    """Reads a file given for ``field`` on the worker, into the data URI the API takes."""
-    return lambda field, value, video: read_as_data_uri(field, value, conn_id=conn_id, video=video)
-
-
-def _known(value: Any) -> Any:
-    """``value`` as far as it is known while the DAG is parsed: templates and XComs are ``UNRENDERED``."""
-    if isinstance(value, str):
-        return UNRENDERED if ("{{" in value or "{%" in value) else value
-    if isinstance(value, (list, tuple)):
-        return [_known(item) for item in value]
-    if isinstance(value, dict):
-        known = {key: _known(item) for key, item in value.items()}
-        return UNRENDERED if UNRENDERED in known.values() else known
-    return value if isinstance(value, _PLAIN_TYPES) else UNRENDERED
-
 
 # Generous for a 30 s 4K clip, small enough to stop a runaway or hostile response filling a disk.
 DEFAULT_MAX_DOWNLOAD_BYTES = 2 * 1024**3
@@ -113,33 +63,6 @@ BILLING_XCOM_KEY = "billing"
 DEFAULT_ASSET_ALIAS = "octopusx_videos"
 #: Task state store key under which a submitted video id survives between tries.
 SUBMISSION_STATE_KEY = "octopusx_submission"
-#: How the UI labels a mapped task unless the DAG gives its own ``map_index_template``: by its prompt. A
-#: default in ``__init__``'s signature, which is where ``.partial()`` looks for an operator's defaults.
-DEFAULT_MAP_INDEX_TEMPLATE = "{{ task.map_index_label }}"
-
-
-def label_if_mapped(context: Context) -> None:
-    """Label a mapped task by its prompt where ``.partial()`` did not take the default (Airflow < 3.3).
-
-    Airflow renders the label from the context as the try ends; a DAG's own template is left alone.
-    """
-    map_index = context["ti"].map_index
-    if map_index is not None and map_index >= 0 and context.get("map_index_template") is None:
-        context["map_index_template"] = DEFAULT_MAP_INDEX_TEMPLATE
-
-
-def hook_lineage_is_read() -> bool:
-    """Whether a hook-lineage reader (OpenLineage, say) is registered to take what a task records.
-
-    Without one, Airflow 3.3's collector drops everything, yet building it imports every provider's
-    asset factories (boto3, with the Amazon provider): 0.4 s of CPU in each task run that stores a video.
-    Older Airflow decides inside its collector.
-    """
-    try:
-        from airflow.sdk.plugins_manager import get_hook_lineage_readers_plugins
-    except ImportError:
-        return True
-    return bool(get_hook_lineage_readers_plugins())
 
 
 def _label(text: str) -> str:
@@ -188,7 +111,7 @@ class SubmitVideoOperator(BaseOperator):
     :param timeout: seconds to wait for the video before failing; the video itself is not cancelled.
     :param resubmit_failed: when the API fails the video, let Airflow's retries submit the request again
         (a new, billed video) whatever the reason. By default only failures the API blames on itself
-        (``hooks.retry.TRANSIENT_VIDEO_FAILURES``) are retried; a request it refused (content policy, bad
+        (``exceptions.TRANSIENT_VIDEO_FAILURES``) are retried; a request it refused (content policy, bad
         input) fails the task at once, as the same request would fail, and be paid for, again.
     :param end_from_trigger: with ``deferrable``, a video that completes ends the task in the triggerer,
         with no worker run to resume it: one task run fewer per video, for many mapped videos. The
@@ -262,7 +185,7 @@ class SubmitVideoOperator(BaseOperator):
     def _known_fields(self) -> dict[str, Any]:
         """The request as far as it is known at parse time; files count as unknown until read at run time."""
         fields = with_files_inlined(self._fields(), lambda field, value, video: UNRENDERED)
-        return {name: _known(value) for name, value in fields.items()}
+        return {name: known_at_parse(value) for name, value in fields.items()}
 
     def _fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in REQUEST_FIELDS}
@@ -270,9 +193,7 @@ class SubmitVideoOperator(BaseOperator):
     def execute(self, context: Context) -> str:
         label_if_mapped(context)
         try:
-            request = VideoRequest.build(
-                **with_files_inlined(self._fields(), file_reader(self.input_conn_id))
-            )
+            request = VideoRequest.build(with_files_inlined(self._fields(), file_reader(self.input_conn_id)))
         except InvalidVideoRequest as error:
             raise AirflowFailException(f"Invalid argument after rendering templates: {error}") from error
         with self.hook:
@@ -385,7 +306,7 @@ class SubmitVideoOperator(BaseOperator):
 
     def _failure(self, error: VideoFailedError) -> Exception:
         """What a failed video does to the task: a retry submits again, so only where that may help."""
-        if self.resubmit_failed or is_transient_failure(error):
+        if self.resubmit_failed or error.is_transient:
             self.log.warning(
                 "Video %s failed with %s, which may not happen again: a retry of this task submits the "
                 "request anew (a new, billed video).",
@@ -541,22 +462,29 @@ class DownloadVideoOperator(BaseOperator):
             elapsed,
             _in_bytes(downloaded.size / elapsed),
         )
-        announce_stored_video(context, self.outlets, target, downloaded)
+        announce(context, self.outlets, uri, _described(uri, downloaded))
         return uri
 
 
-def announce_stored_video(
-    context: Context, outlets: Sequence[Any], target: ObjectStoragePath, downloaded: DownloadedVideo
-) -> None:
-    """Attach the video's metadata to the asset event of each outlet this operator declared itself.
+def announce(context: Context, outlets: Sequence[Any], uri: str, extra: dict[str, Any]) -> None:
+    """Attach ``extra`` to the asset event of ``uri``, through each alias among ``outlets`` and on the
+    outlet that is that asset.
 
-    Through an alias the event goes to the stored file's own asset. Not to the folder's: Airflow 3.3.2
-    fails a task whose alias event creates an asset that another task creates at the same moment (a
+    Through an alias the event goes to the stored file's own asset, not its folder's: Airflow 3.3.2 fails
+    a task whose alias event creates an asset that another task creates at the same moment (a
     unique-constraint race), which two downloads into a new folder hit.
     """
+    for outlet in outlets:
+        if isinstance(outlet, AssetAlias):
+            context["outlet_events"][outlet].add(Asset(uri), extra=extra)
+        elif isinstance(outlet, Asset) and outlet.uri == uri:
+            context["outlet_events"][outlet].extra.update(extra)
+
+
+def _described(uri: str, downloaded: DownloadedVideo) -> dict[str, Any]:
+    """What a stored video's asset event says of it: its file and what the API said of the video."""
     video = downloaded.video
-    uri = plain_uri(target)
-    described: dict[str, Any] = {
+    described = {
         "uri": uri,
         "video_id": video.id,
         "model": video.model,
@@ -566,18 +494,4 @@ def announce_stored_video(
         "bytes": downloaded.size,
         "billing": dict(video.billing) or None,
     }
-    extra = {key: value for key, value in described.items() if value is not None}
-    for outlet in outlets:
-        if isinstance(outlet, AssetAlias):
-            context["outlet_events"][outlet].add(Asset(uri), extra=extra)
-        elif isinstance(outlet, Asset) and outlet.uri == uri:
-            context["outlet_events"][outlet].extra.update(extra)
-
-
-def __getattr__(name: str) -> Any:
-    # GenerateVideosOperator lives in operators/batch.py, which builds on this module; importable from here.
-    if name == "GenerateVideosOperator":
-        from airflow_octopusx.operators.batch import GenerateVideosOperator
-
-        return GenerateVideosOperator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return {key: value for key, value in described.items() if value is not None}

@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -21,7 +22,7 @@ import fsspec
 from airflow.providers.common.compat.sdk import ObjectStoragePath, conf
 
 from airflow_octopusx.exceptions import InvalidVideoRequest
-from airflow_octopusx.models import MAX_REFERENCE_VIDEO_BYTES
+from airflow_octopusx.models import DEFAULT_MODEL, MAX_REFERENCE_VIDEO_BYTES, REFERENCE_VIDEO_FIELDS
 
 MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
 _URL_SCHEMES: Final = frozenset({"http", "https", "data"})
@@ -209,3 +210,28 @@ def _is_whole_gif(data: bytes) -> bool:
 def _uri(source: str) -> str:
     # A plain path is a local file; not Path.as_uri(), whose percent-escapes ObjectStoragePath keeps.
     return source if urlsplit(source).scheme else f"file://{Path(source).absolute()}"
+
+
+def with_files_inlined(fields: dict[str, Any], read: Callable[[str, Any, bool], Any]) -> dict[str, Any]:
+    """Request fields with images (and a v2v reference video) given as files replaced by ``read(...)``."""
+
+    def inline(field: str, value: Any, *, video: bool = False) -> Any:
+        return read(field, value, video) if is_file_reference(value) else value
+
+    fields = dict(fields)
+    for name in ("first_image_url", "last_image_url"):
+        fields[name] = inline(name, fields.get(name))
+    if isinstance(fields.get("images"), (list, tuple)):
+        fields["images"] = [inline(f"images[{i}]", image) for i, image in enumerate(fields["images"])]
+    if isinstance(fields.get("extra_body"), dict) and fields.get("model", DEFAULT_MODEL) != DEFAULT_MODEL:
+        # Only the reference video may be a file; any other string is the API's to read as it is.
+        fields["extra_body"] = {
+            key: inline(f"extra_body.{key}", value, video=True) if key in REFERENCE_VIDEO_FIELDS else value
+            for key, value in fields["extra_body"].items()
+        }
+    return fields
+
+
+def file_reader(conn_id: str | None) -> Callable[[str, Any, bool], str]:
+    """Reads a file given for ``field`` on the worker, into the data URI the API takes."""
+    return lambda field, value, video: read_as_data_uri(field, value, conn_id=conn_id, video=video)

@@ -14,7 +14,7 @@ import av
 import pytest
 from airflow.providers.common.compat.sdk import AssetAlias, AssetAny
 
-from airflow_octopusx.operators.octopusx import DEFAULT_MAP_INDEX_TEMPLATE
+from airflow_octopusx._compat import DEFAULT_MAP_INDEX_TEMPLATE
 from airflow_octopusx.simulator import Simulator
 from tests.conftest import AIRFLOW_3_3, REPO, load_dags, xcom_values
 

@@ -174,7 +174,7 @@ def test_a_submission_ends_as_a_video_or_our_error_and_is_sent_again_only_after_
     policy = RetryPolicy(max_attempts=3, base_delay=0, max_delay=0, max_retry_after=0)
     with OctopusXHook(retry_policy=policy) as hook:
         try:
-            video = hook.submit_video(VideoRequest.build(prompt="A kite"))
+            video = hook.submit_video(VideoRequest.build({"prompt": "A kite"}))
         except OctopusXError:
             pass
         else:

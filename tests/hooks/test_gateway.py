@@ -30,7 +30,7 @@ from tests.conftest import HOSTILE_KEY, hostile_connection
 from tests.hostile import Answer, HostileServer, Request
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
-REQUEST = VideoRequest.build(prompt="Ocean waves at golden hour", seconds=8, resolution="720p")
+REQUEST = VideoRequest.build({"prompt": "Ocean waves at golden hour", "seconds": 8, "resolution": "720p"})
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from airflow_octopusx.simulator.media import sample_mp4
 from tests.conftest import BOTH_FLAVOURS, connection_uri
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
-REQUEST = VideoRequest.build(prompt="Ocean waves at golden hour", seconds=8, resolution="720p")
+REQUEST = VideoRequest.build({"prompt": "Ocean waves at golden hour", "seconds": 8, "resolution": "720p"})
 
 
 @pytest.fixture

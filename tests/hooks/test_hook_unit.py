@@ -77,7 +77,7 @@ class Recorder:
 
 
 VIDEO = {"id": "video_1", "task_id": "video_1", "status": "in_progress", "progress": 40}
-REQUEST = VideoRequest.build(prompt="waves", seconds=8)
+REQUEST = VideoRequest.build({"prompt": "waves", "seconds": 8})
 
 
 @pytest.mark.parametrize(

@@ -128,7 +128,7 @@ class TestSubmissions:
         hostile_connection(server, monkeypatch, max_attempts=5)
         server.script("POST /v1/videos", answer)
         with OctopusXHook() as hook, pytest.raises(AmbiguousSubmissionError) as caught:
-            hook.submit_video(VideoRequest.build(prompt="waves"))
+            hook.submit_video(VideoRequest.build({"prompt": "waves"}))
         assert [request.route for request in server.requests] == ["POST /v1/videos"]
         assert "\n" not in str(caught.value)
         assert len(str(caught.value)) < 1000
@@ -143,7 +143,7 @@ class TestSubmissions:
             Answer.json('{"id": "video_1", "status": "queued"}'),
         )
         with OctopusXHook() as hook:
-            assert hook.submit_video(VideoRequest.build(prompt="waves")).id == "video_1"
+            assert hook.submit_video(VideoRequest.build({"prompt": "waves"})).id == "video_1"
         assert len(server.seen("POST /v1/videos")) == 2
 
 

@@ -18,10 +18,11 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow.sdk import ObjectStoragePath
 
+from airflow_octopusx._compat import hook_lineage_is_read
 from airflow_octopusx.exceptions import OctopusXError, TransportError, VideoDownloadError, VideoFailedError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import VideoRequest, VideoTask
-from airflow_octopusx.operators.octopusx import DownloadVideoOperator, hook_lineage_is_read
+from airflow_octopusx.operators.octopusx import DownloadVideoOperator
 from airflow_octopusx.simulator import Fault, Simulator, Stats
 from airflow_octopusx.simulator.media import VideoBody, sample_mp4
 from tests.conftest import AIRFLOW_3_3, BOTH_FLAVOURS, when_a_fault_fires, xcom_values
@@ -34,7 +35,7 @@ LARGE_SIZE = 24 * 1024 * 1024
 def submit(simulator: Simulator, *, wait: bool = True) -> VideoTask:
     """Submit one video through the real API and, by default, poll until it has finished."""
     with OctopusXHook() as hook:
-        video = hook.submit_video(VideoRequest.build(prompt="A red kite over green hills"))
+        video = hook.submit_video(VideoRequest.build({"prompt": "A red kite over green hills"}))
         deadline = time.monotonic() + 10
         while wait and not video.is_finished:
             assert time.monotonic() < deadline, f"video {video.id} did not finish in time"
@@ -130,7 +131,8 @@ def test_a_local_download_does_not_make_airflow_import_every_providers_filesyste
     code = f"""
 from airflow.sdk.execution_time.context import OutletEventAccessors
 from airflow.sdk.io.fs import _register_filesystems
-from airflow_octopusx.operators.octopusx import DownloadVideoOperator, hook_lineage_is_read
+from airflow_octopusx._compat import hook_lineage_is_read
+from airflow_octopusx.operators.octopusx import DownloadVideoOperator
 from tests.support.task_context import minimal_context
 task = DownloadVideoOperator(task_id="store", video_id={video_id!r}, destination={f"{tmp_path}/"!r})
 task.execute(minimal_context() | {{"outlet_events": OutletEventAccessors()}})

@@ -19,7 +19,9 @@ from airflow_octopusx.simulator.media import sample_mp4
 def video_id(octopusx_conn: Simulator) -> str:
     octopusx_conn.configure(generation_seconds=0)
     with OctopusXHook() as hook:
-        return hook.submit_video(VideoRequest.build(prompt="A red kite", seconds=6, resolution="720p")).id
+        return hook.submit_video(
+            VideoRequest.build({"prompt": "A red kite", "seconds": 6, "resolution": "720p"})
+        ).id
 
 
 def test_a_folder_destination_is_announced_through_the_alias(
@@ -80,7 +82,7 @@ def test_what_the_gateway_billed_goes_with_the_asset_event(
 ) -> None:
     octopusx_conn.configure(flavour="new-api", generation_seconds=0)
     with OctopusXHook() as hook:
-        video_id = hook.submit_video(VideoRequest.build(prompt="A red kite", seconds=6)).id
+        video_id = hook.submit_video(VideoRequest.build({"prompt": "A red kite", "seconds": 6})).id
     DownloadVideoOperator(task_id="store", video_id=video_id, destination=f"{tmp_path}/").execute(context)
     [event] = context["outlet_events"][AssetAlias(DEFAULT_ASSET_ALIAS)].asset_alias_events
     assert event.extra["billing"] == {"usage": {"seconds": 6}}

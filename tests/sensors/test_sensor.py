@@ -34,7 +34,7 @@ POKE_INTERVAL = 0.1
 def submit(simulator: Simulator, generation_seconds: float) -> VideoTask:
     simulator.configure(generation_seconds=generation_seconds)
     with OctopusXHook() as hook:
-        return hook.submit_video(VideoRequest.build(prompt="A lighthouse in a storm"))
+        return hook.submit_video(VideoRequest.build({"prompt": "A lighthouse in a storm"}))
 
 
 def sensor(video_id: str, **kwargs: Any) -> VideoTaskSensor:

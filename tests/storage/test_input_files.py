@@ -13,20 +13,18 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, ObjectStoragePath
 
 from airflow_octopusx.exceptions import InvalidVideoRequest
-from airflow_octopusx.operators.octopusx import (
-    REQUEST_FIELDS,
-    SubmitVideoOperator,
-    file_reader,
-    with_files_inlined,
-)
+from airflow_octopusx.models import REQUEST_FIELDS
+from airflow_octopusx.operators.octopusx import SubmitVideoOperator
 from airflow_octopusx.simulator import Simulator
 from airflow_octopusx.simulator.media import sample_mp4
 from airflow_octopusx.storage import input_files
 from airflow_octopusx.storage.input_files import (
     MAX_IMAGE_BYTES,
+    file_reader,
     is_file_reference,
     read_as_data_uri,
     sniff_media_type,
+    with_files_inlined,
 )
 
 # The smallest valid PNG: one transparent pixel.

@@ -23,17 +23,15 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_octopusx.exceptions import BadRequestError, VideoDownloadError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
-from airflow_octopusx.models import VideoRequest, VideoTask
+from airflow_octopusx.models import REQUEST_FIELDS, VideoRequest, VideoTask
 from airflow_octopusx.operators.octopusx import (
     DEFAULT_ASSET_ALIAS,
-    REQUEST_FIELDS,
     DownloadVideoOperator,
     SubmitVideoOperator,
-    file_reader,
-    with_files_inlined,
 )
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.simulator.media import VideoBody, sample_mp4
+from airflow_octopusx.storage.input_files import file_reader, with_files_inlined
 from airflow_octopusx.storage.video_destination import UPLOAD_PART_SIZE
 from tests.conftest import when_a_fault_fires
 from tests.storage.conftest import Bucket
@@ -52,7 +50,7 @@ def submit(simulator: Simulator, **settings: Any) -> VideoTask:
     """Submit one video through the real API; with no generation time it is completed at once."""
     simulator.configure(generation_seconds=0, **settings)
     with OctopusXHook() as hook:
-        video = hook.submit_video(VideoRequest.build(prompt="A red kite over green hills"))
+        video = hook.submit_video(VideoRequest.build({"prompt": "A red kite over green hills"}))
         video = hook.get_video(video.id)
     assert video.is_completed
     return video

@@ -20,7 +20,7 @@ from airflow_octopusx.triggers.octopusx import VideoTaskTrigger, video_id_from_e
 from tests.conftest import BOTH_FLAVOURS, connection_uri, hostile_connection
 from tests.hostile import Answer, HostileServer
 
-REQUEST = VideoRequest.build(prompt="A lighthouse in a storm", seconds=6)
+REQUEST = VideoRequest.build({"prompt": "A lighthouse in a storm", "seconds": 6})
 
 
 def submit(simulator: Simulator, generation_seconds: float = 0.4) -> str:
