@@ -72,6 +72,7 @@ class OctopusXHook(BaseHook):
         extra ``timeout``, else 30.
     :param retry_policy: when and how to retry; see :class:`RetryPolicy`. Default: the standard policy
         with the connection's extra ``max_attempts`` (else 5).
+    :param transport: the worker-side client's httpx transport (tests pass an ``httpx.MockTransport``).
     """
 
     conn_name_attr = "octopusx_conn_id"
@@ -85,11 +86,13 @@ class OctopusXHook(BaseHook):
         *,
         timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__()
         self.octopusx_conn_id = octopusx_conn_id
         self.timeout = timeout
         self._retry_policy = retry_policy
+        self._transport = transport
         self._endpoint: ApiEndpoint | None = None
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
@@ -123,8 +126,12 @@ class OctopusXHook(BaseHook):
     def client(self) -> httpx.Client:
         """The worker-side client, kept for the hook's life so polls reuse one connection."""
         if self._client is None:
-            self._client = httpx.Client(**self._client_options(self.endpoint))
+            self._client = httpx.Client(transport=self._transport, **self._client_options(self.endpoint))
         return self._client
+
+    def get_conn(self) -> httpx.Client:
+        """The worker-side client, under the name every Airflow hook gives it."""
+        return self.client
 
     def close(self) -> None:
         if self._client is not None:

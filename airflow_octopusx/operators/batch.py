@@ -92,7 +92,15 @@ class GenerateVideosOperator(BaseOperator):
         The manifest's URI is pushed as XCom ``manifest``.
     """
 
-    template_fields: Sequence[str] = ("requests", "defaults", "destination", "manifest_name")
+    template_fields: Sequence[str] = (
+        "requests",
+        "defaults",
+        "destination",
+        "manifest_name",
+        "octopusx_conn_id",
+        "destination_conn_id",
+        "input_conn_id",
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"requests": "json", "defaults": "json"}
     ui_color = "#7b4fd6"
 

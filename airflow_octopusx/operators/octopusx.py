@@ -120,7 +120,7 @@ class SubmitVideoOperator(BaseOperator):
         kept, so clearing the succeeded task resumes the same video instead of paying for a new one.
     """
 
-    template_fields: Sequence[str] = REQUEST_FIELDS
+    template_fields: Sequence[str] = (*REQUEST_FIELDS, "octopusx_conn_id", "input_conn_id")
     template_fields_renderers: ClassVar[dict[str, str]] = {"extra_body": "json", "images": "json"}
     operator_extra_links = (OctopusXVideoLink(),)
     ui_color = "#7b4fd6"
@@ -398,7 +398,7 @@ class DownloadVideoOperator(BaseOperator):
     :return: the destination URI.
     """
 
-    template_fields: Sequence[str] = ("video_id", "destination")
+    template_fields: Sequence[str] = ("video_id", "destination", "octopusx_conn_id", "destination_conn_id")
     ui_color = "#4f8bd6"
 
     def __init__(

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 
 from airflow_octopusx.hooks.download import _BATCH_BYTES, _QUEUED_BATCHES, BackgroundWriter
 from airflow_octopusx.simulator.media import sample_mp4
-from tests.hooks.test_hook_unit import COMPLETED, Recorder, make_hook
+from tests.hooks.test_hook_unit import (  # the fixture points octopusx_default at make_hook's API
+    COMPLETED,
+    Recorder,
+    connection_of_the_endpoint,  # noqa: F401
+    make_hook,
+)
 
 # Padded with zeros: a last box of size 0 runs to the end of the file.
 MP4 = sample_mp4() + b"\x00" * 65_536

@@ -49,12 +49,7 @@ def connection_of_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_hook(handler: Callable[[httpx.Request], httpx.Response]) -> OctopusXHook:
-    hook = OctopusXHook(retry_policy=FAST)
-    hook._endpoint = ApiEndpoint(API, KEY)
-    hook._client = httpx.Client(
-        transport=httpx.MockTransport(handler), **hook._client_options(hook._endpoint)
-    )
-    return hook
+    return OctopusXHook(retry_policy=FAST, transport=httpx.MockTransport(handler))
 
 
 def error_body(message: str, code: str, kind: str = "invalid_request_error") -> dict[str, Any]:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.providers.common.compat.sdk import AirflowFailException, TaskDeferred
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, TaskDeferred
 
 from airflow_octopusx.exceptions import QuotaExceededError, ServerError, VideoFailedError, VideoTimeoutError
-from airflow_octopusx.operators.octopusx import SubmitVideoOperator
+from airflow_octopusx.operators.batch import GenerateVideosOperator
+from airflow_octopusx.operators.octopusx import DownloadVideoOperator, SubmitVideoOperator
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
 from tests.conftest import AIRFLOW_3_3, BOTH_FLAVOURS, RecordingTaskInstance, load_dags, xcom_values
@@ -308,3 +309,27 @@ class TestDagRuns:
         assert templated.test(run_conf={"seconds": "99"}).state == "failed"
         assert octopusx_conn.stats.posts == 1  # the bad run sent nothing
         assert "Invalid argument after rendering templates: seconds: must be" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("operator", "arguments"),
+    [
+        (SubmitVideoOperator, {"prompt": "A kite", "wait_for_completion": False}),
+        (DownloadVideoOperator, {"video_id": "video_1", "destination": "/tmp/videos/"}),
+        (GenerateVideosOperator, {"requests": [{"prompt": "A kite"}], "destination": "/tmp/videos/"}),
+    ],
+)
+def test_connection_ids_are_templated_on_every_operator(
+    operator: type[BaseOperator], arguments: dict[str, Any], octopusx_conn: Simulator, context: dict[str, Any]
+) -> None:
+    conn_ids = {"octopusx_conn_id", "destination_conn_id", "input_conn_id"} & set(operator.template_fields)
+    assert conn_ids >= {"octopusx_conn_id"}
+    task = operator(task_id="task", **arguments, **{name: "{{ params.conn }}_x" for name in conn_ids})
+    task.render_template_fields({"params": {"conn": "rendered"}})
+    assert {name: getattr(task, name) for name in conn_ids} == dict.fromkeys(conn_ids, "rendered_x")
+    if operator is SubmitVideoOperator:
+        # The rendered id is the connection the task talks to.
+        task = operator(task_id="task", **arguments, octopusx_conn_id="{{ params.conn }}")
+        task.render_template_fields({"params": {"conn": "octopusx_default"}})
+        assert task.execute(context).startswith("video_")
+        assert octopusx_conn.stats.posts == 1
