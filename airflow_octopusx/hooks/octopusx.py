@@ -364,15 +364,10 @@ class OctopusXHook(BaseHook):
         watch = VideoWatch(video_id, self.log, self.retry_policy, max_poll_errors)
         watch.starts(poll_interval, deadline)
         while True:
-            try:
-                video = self.get_video(video_id, time_left=deadline - time.time())
-            except OctopusXError as error:
-                watch.poll_failed(error)
-            else:
-                watch.saw(video)
+            video = watch.took(self.poll(video_id, deadline))
+            if video is not None:
                 video.raise_if_failed()
-                if video.is_completed:
-                    return video
+                return video
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise VideoTimeoutError(video_id, deadline, watch.last.progress if watch.last else None)
@@ -393,15 +388,25 @@ class OctopusXHook(BaseHook):
         watch = BatchWatch(video_ids, self.log, self.retry_policy, max_poll_errors)
         while True:
             unfinished = watch.unfinished
-            watch.took(unfinished, [self._poll(video_id, deadline) for video_id in unfinished])
+            watch.took(unfinished, [self.poll(video_id, deadline) for video_id in unfinished])
             remaining = deadline - time.time()
             if not watch.unfinished or remaining <= 0:
                 return watch.result()
             time.sleep(min(poll_interval, remaining))
 
-    def _poll(self, video_id: str, deadline: float) -> VideoTask | OctopusXError:
+    def poll(self, video_id: str, deadline: float | None = None) -> VideoTask | OctopusXError:
+        """One status check of a wait, within its ``deadline`` (epoch): the video, or the error it met."""
         try:
-            return self.get_video(video_id, time_left=deadline - time.time())
+            return self.get_video(video_id, time_left=None if deadline is None else deadline - time.time())
+        except OctopusXError as error:
+            return error
+
+    async def apoll(self, video_id: str, deadline: float | None = None) -> VideoTask | OctopusXError:
+        """Async ``poll``, for the triggerer; call inside ``async with hook:``."""
+        try:
+            return await self.aget_video(
+                video_id, time_left=None if deadline is None else deadline - time.time()
+            )
         except OctopusXError as error:
             return error
 

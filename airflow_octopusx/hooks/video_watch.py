@@ -58,6 +58,14 @@ class VideoWatch:
             "the task's trigger timeout" if deadline is None else utc_text(deadline),
         )
 
+    def took(self, poll: VideoTask | OctopusXError) -> VideoTask | None:
+        """Take one poll (the video, or the error it ended with); return the video once it is finished."""
+        if isinstance(poll, OctopusXError):
+            self.poll_failed(poll)
+            return None
+        self.saw(poll)
+        return poll if poll.is_finished else None
+
     def saw(self, video: VideoTask) -> None:
         self._poll_errors = 0
         if self.last is None or video.milestone != self.last.milestone:

@@ -23,7 +23,7 @@ from airflow.sdk.bases.operator import TRIGGER_FAIL_REPR
 from airflow.sdk.definitions.xcom_arg import PlainXComArg
 from airflow.triggers.base import StartTriggerArgs
 
-from airflow_octopusx.exceptions import InvalidVideoRequest, OctopusXError, VideoTimeoutError
+from airflow_octopusx.exceptions import InvalidVideoRequest, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.video_watch import VideoWatch
 from airflow_octopusx.models import check_video_id
@@ -147,14 +147,11 @@ class VideoTaskSensor(BaseSensorOperator):
         return VideoWatch(self.video_id, self.log, self.hook.retry_policy)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        try:
-            video = self.hook.get_video(self.video_id)
-        except OctopusXError as error:
-            self._watch.poll_failed(error)
+        video = self._watch.took(self.hook.poll(self.video_id))
+        if video is None:
             return PokeReturnValue(is_done=False)
-        self._watch.saw(video)
         video.raise_if_failed()
-        return PokeReturnValue(is_done=video.is_completed, xcom_value=video.id)
+        return PokeReturnValue(is_done=True, xcom_value=video.id)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         try:

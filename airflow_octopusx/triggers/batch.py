@@ -11,7 +11,6 @@ from airflow.triggers.base import TriggerEvent
 from airflow_octopusx.exceptions import OctopusXError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, BatchWatch
-from airflow_octopusx.models import VideoTask
 from airflow_octopusx.triggers.octopusx import PollingTrigger
 
 
@@ -47,8 +46,7 @@ class VideoBatchTrigger(PollingTrigger):
                 watch = BatchWatch(self.video_ids, self.log, hook.retry_policy, self.max_poll_errors)
                 while True:
                     unfinished = watch.unfinished
-                    remaining = self._remaining()
-                    polls = (_poll(hook, video_id, remaining) for video_id in unfinished)
+                    polls = (hook.apoll(video_id, self.deadline) for video_id in unfinished)
                     watch.took(unfinished, await asyncio.gather(*polls))
                     remaining = self._remaining()
                     if not watch.unfinished or remaining <= 0:
@@ -67,10 +65,3 @@ class VideoBatchTrigger(PollingTrigger):
             "ones (Airflow 3.3+).",
             len(self.video_ids),
         )
-
-
-async def _poll(hook: OctopusXHook, video_id: str, time_left: float) -> VideoTask | OctopusXError:
-    try:
-        return await hook.aget_video(video_id, time_left=time_left)
-    except OctopusXError as error:
-        return error

@@ -123,21 +123,13 @@ class VideoTaskTrigger(PollingTrigger):
         # interval (the deferring task has just checked the video anyway), the rest drift apart.
         await asyncio.sleep(random.uniform(0, max(0.0, min(self.poll_interval, self._remaining()))))
         while True:
-            try:
-                remaining = self._remaining()
-                video = await hook.aget_video(
-                    self.video_id, time_left=None if remaining == math.inf else remaining
-                )
-            except OctopusXError as error:
-                watch.poll_failed(error)
-            else:
-                watch.saw(video)
-                if video.is_completed:
-                    return self._event("success", "completed", video)
-                if video.is_failed:
-                    reason = video.error
-                    message = reason.message if reason else f"status {video.status}"
-                    return self._event("failed", message, video, code=reason.code if reason else None)
+            video = watch.took(await hook.apoll(self.video_id, self.deadline))
+            if video is not None and video.is_completed:
+                return self._event("success", "completed", video)
+            if video is not None:
+                reason = video.error
+                message = reason.message if reason else f"status {video.status}"
+                return self._event("failed", message, video, code=reason.code if reason else None)
             remaining = self._remaining()
             if remaining <= 0:
                 return self._event("timeout", "deadline passed", watch.last)
