@@ -12,6 +12,7 @@ from airflow_octopusx import __version__
 
 
 def get_provider_info() -> dict[str, Any]:
+    """Describe the provider to Airflow: its connection type, hook, operators, sensor, triggers and links."""
     return {
         "package-name": "airflow-provider-octopusx",
         "name": "OctopusX",

@@ -488,10 +488,12 @@ class VideoTask:
 
     @property
     def is_completed(self) -> bool:
+        """Whether the video is made and can be downloaded."""
         return self.status == "completed"
 
     @property
     def is_failed(self) -> bool:
+        """Whether the API failed the video."""
         return self.status in FAILED_STATUSES
 
     @property

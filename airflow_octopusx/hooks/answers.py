@@ -68,7 +68,7 @@ class Answer:
         """Read the answer whole, by ``give_up`` (``time.monotonic()``) however slowly it drips."""
         body = _Body(response.is_success, give_up)
         for chunk in response.iter_bytes():
-            if body.full_after(chunk):
+            if body.is_full_after(chunk):
                 break
         return cls(response.status_code, response.headers, body.bytes(), response.reason_phrase)
 
@@ -77,12 +77,13 @@ class Answer:
         """Async ``read``."""
         body = _Body(response.is_success, give_up)
         async for chunk in response.aiter_bytes():
-            if body.full_after(chunk):
+            if body.is_full_after(chunk):
                 break
         return cls(response.status_code, response.headers, body.bytes(), response.reason_phrase)
 
     @property
     def is_success(self) -> bool:
+        """Whether the status is 2xx."""
         return 200 <= self.status_code < 300
 
 
@@ -96,7 +97,9 @@ class _Body:
         self._limit = MAX_ANSWER_BYTES if success else MAX_ERROR_BYTES
         self._data = bytearray()
 
-    def full_after(self, chunk: bytes) -> bool:
+    def is_full_after(self, chunk: bytes) -> bool:
+        """Add ``chunk``; True once an error answer fills its cap. A success answer over its cap, or any
+        answer still arriving after ``give_up``, is refused."""
         if time.monotonic() > self._give_up:
             raise TransportError("the answer did not arrive whole in time", request_sent=True)
         self._data += chunk
@@ -107,6 +110,7 @@ class _Body:
         return True
 
     def bytes(self) -> bytes:
+        """Return what was read, at most the cap."""
         return bytes(self._data[: self._limit])
 
 
@@ -131,6 +135,7 @@ def submitted_video_from(answer: Answer) -> VideoTask:
 
 
 def parse_json(body: bytes) -> Any:
+    """Parse an answer's body as JSON, or raise ``InvalidResponseError`` quoting its start."""
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as error:

@@ -89,6 +89,7 @@ class ApiEndpoint:
         return own.scheme, own.host, own.port
 
     def is_api_origin(self, url: httpx.URL) -> bool:
+        """Whether ``url`` is on the API's own origin (scheme, host and port), the only one given the key."""
         return (url.scheme, url.host, url.port) == self._origin
 
     def link_refusal(self, url: httpx.URL, addresses: Iterable[Address] = ()) -> str | None:
@@ -142,6 +143,7 @@ def _kind(address: Address | None) -> str:
 
 
 def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine (localhost or a loopback address), where plain http is allowed."""
     if host == "localhost":
         return True
     address = ip_address(host)
@@ -155,6 +157,7 @@ class ApiOnlyBearerAuth(httpx.Auth):
         self._endpoint = endpoint
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Add the key to requests for the API's own origin, and to no other."""
         if self._endpoint.is_api_origin(request.url):
             request.headers["Authorization"] = f"Bearer {self._endpoint.api_key}"
         else:

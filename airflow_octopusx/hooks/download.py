@@ -54,6 +54,7 @@ class BackgroundWriter:
                 self._batches.task_done()
 
     def write(self, chunk: bytes) -> None:
+        """Queue ``chunk`` for the writer thread; raise what the thread met, if anything."""
         self._raise_if_failed()
         self._batch.append(chunk)
         self._batch_bytes += len(chunk)
@@ -112,6 +113,7 @@ class Mp4Sink:
                 raise  # otherwise the download's own error says more than a write error after it
 
     def check_size(self, total: int | None) -> None:
+        """Refuse a download whose announced size is over ``max_bytes``, before its body is read."""
         if self.max_bytes is not None and total is not None and total > self.max_bytes:
             raise VideoDownloadError(
                 self.video_id, f"the video is {total} bytes, over the cap of {self.max_bytes} (max_bytes)"
@@ -125,6 +127,7 @@ class Mp4Sink:
             )
 
     def write(self, chunk: bytes) -> None:
+        """Write ``chunk``; refuse a body that is not an MP4 or runs past ``max_bytes`` or the deadline."""
         self.check_deadline()
         problem = self._boxes.feed(chunk)
         if problem is not None:
@@ -134,6 +137,7 @@ class Mp4Sink:
         self.written += len(chunk)
 
     def restart(self) -> None:
+        """Start the file over: the server sent the whole video, not the part asked for."""
         if self.written == 0:
             return
         self._writer.wait()

@@ -102,12 +102,14 @@ class OctopusXHook(BaseHook):
 
     @property
     def endpoint(self) -> ApiEndpoint:
+        """The connection's API address, key and settings, read once."""
         if self._endpoint is None:
             self._endpoint = ApiEndpoint.from_connection(self.get_connection(self.octopusx_conn_id))
         return self._endpoint
 
     @property
     def retry_policy(self) -> RetryPolicy:
+        """The retry policy given, else the standard one with the connection's ``max_attempts``."""
         if self._retry_policy is None:
             self._retry_policy = RetryPolicy(max_attempts=self.endpoint.max_attempts)
         return self._retry_policy
@@ -134,6 +136,7 @@ class OctopusXHook(BaseHook):
         return self.client
 
     def close(self) -> None:
+        """Close the worker-side client; the next call opens a new one."""
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -202,7 +205,7 @@ class OctopusXHook(BaseHook):
         reason = self.endpoint.link_refusal(url, addresses)
         if reason is not None:
             shown = excerpt(str(url.copy_with(query=None)), 120)
-            raise _LinkRefused(f"{shown} is not followed: {reason}", lasting=True)
+            raise _LinkRefused(f"{shown} is not followed: {reason}", permanent=True)
 
     def _exchange(self, method: str, path: str, give_up: float | None = None) -> Answer:
         """One request to the API and its whole (capped) answer; any failure is one of our errors.
@@ -364,7 +367,7 @@ class OctopusXHook(BaseHook):
         watch = VideoWatch(video_id, self.log, self.retry_policy, max_poll_errors)
         watch.starts(poll_interval, deadline)
         while True:
-            video = watch.took(self.poll(video_id, deadline))
+            video = watch.take_poll(self.poll(video_id, deadline))
             if video is not None:
                 video.raise_if_failed()
                 return video
@@ -388,7 +391,7 @@ class OctopusXHook(BaseHook):
         watch = BatchWatch(video_ids, self.log, self.retry_policy, max_poll_errors)
         while True:
             unfinished = watch.unfinished
-            watch.took(unfinished, [self.poll(video_id, deadline) for video_id in unfinished])
+            watch.take_round(unfinished, [self.poll(video_id, deadline) for video_id in unfinished])
             remaining = deadline - time.time()
             if not watch.unfinished or remaining <= 0:
                 return watch.result()
@@ -450,7 +453,7 @@ class OctopusXHook(BaseHook):
                 except _LinkRefused as refused:
                     if use_link:
                         raise
-                    if refused.lasting:
+                    if refused.permanent:
                         raise VideoDownloadError(video_id, f"/content: {refused}") from None
                     # /content's redirect to a fresh link that the CDN refused: ask /content again.
                     raise TransportError(
@@ -458,7 +461,7 @@ class OctopusXHook(BaseHook):
                     ) from None
                 return DownloadedVideo(video=video, size=sink.finish())
             except _LinkRefused as refused:
-                refused_links += 2 if refused.lasting else 1
+                refused_links += 2 if refused.permanent else 1
                 self.log.info(
                     "The link of video %s was refused (%s); %s",
                     video_id,
@@ -576,12 +579,12 @@ class DownloadedVideo:
 class _LinkRefused(Exception):
     """A link or redirect refused by the CDN (expired, revoked) or by the link rules; /content will do.
 
-    ``lasting``: the link rules refused it, so a fresh link from the same place would be refused too.
+    ``permanent``: the link rules refused it, so a fresh link from the same place would be refused too.
     """
 
-    def __init__(self, reason: str, *, lasting: bool = False) -> None:
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
         super().__init__(reason)
-        self.lasting = lasting
+        self.permanent = permanent
 
 
 def _give_up(time_left: float | None) -> float | None:

@@ -41,6 +41,7 @@ class RetryPolicy:
     max_retry_after: float = 60.0
 
     def is_retryable(self, error: BaseException, *, idempotent: bool) -> bool:
+        """Whether ``error`` may be retried: a read on passing faults, a submission if no work was done."""
         if isinstance(error, APIError) and error.nothing_created:
             return True
         if isinstance(error, TransportError):

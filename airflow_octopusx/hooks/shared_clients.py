@@ -35,6 +35,7 @@ class QueueingAsyncClient(httpx.AsyncClient):
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
     async def send(self, request: httpx.Request, **kwargs: Any) -> httpx.Response:
+        """Send once one of ``max_in_flight`` places is free, so a queue forms here, not in the pool."""
         async with self._in_flight:
             return await super().send(request, **kwargs)
 
@@ -62,6 +63,7 @@ class SharedAsyncClients:
 
     @classmethod
     def for_running_loop(cls) -> SharedAsyncClients:
+        """Return the clients of the running event loop, made on first use."""
         loop = asyncio.get_running_loop()
         shared = _BY_LOOP.get(loop)
         if shared is None:
@@ -100,6 +102,7 @@ class SharedAsyncClients:
         return await asyncio.shield(entry.opening)
 
     async def release(self, conn_id: str) -> None:
+        """Leave the connection's client; the last to leave closes it."""
         entry = self._entries[conn_id]
         entry.users -= 1
         if entry.users:
@@ -113,6 +116,7 @@ class SharedAsyncClients:
             await entry.opening.result()[1].aclose()
 
     def open_clients(self) -> int:
+        """Count the clients open now (for tests and measurements)."""
         return len(self._entries)
 
 

@@ -22,9 +22,11 @@ DEFAULT_MAX_POLL_ERRORS = 5
 class _Log(Protocol):
     """Airflow's task, trigger and hook loggers alike."""
 
-    def info(self, event: str, *args: Any) -> Any: ...
+    def info(self, event: str, *args: Any) -> Any:
+        """Log at INFO."""
 
-    def warning(self, event: str, *args: Any) -> Any: ...
+    def warning(self, event: str, *args: Any) -> Any:
+        """Log at WARNING."""
 
 
 class VideoWatch:
@@ -51,6 +53,7 @@ class VideoWatch:
         self._poll_errors = 0
 
     def starts(self, poll_interval: float, deadline: float | None) -> None:
+        """Log what the wait does: how often it checks, and until when."""
         self._log.info(
             "Waiting for video %s: a status check every %g s, until %s",
             self.video_id,
@@ -58,15 +61,16 @@ class VideoWatch:
             "the task's trigger timeout" if deadline is None else utc_text(deadline),
         )
 
-    def took(self, poll: VideoTask | OctopusXError) -> VideoTask | None:
+    def take_poll(self, poll: VideoTask | OctopusXError) -> VideoTask | None:
         """Take one poll (the video, or the error it ended with); return the video once it is finished."""
         if isinstance(poll, OctopusXError):
             self.poll_failed(poll)
             return None
-        self.saw(poll)
+        self.record_status(poll)
         return poll if poll.is_finished else None
 
-    def saw(self, video: VideoTask) -> None:
+    def record_status(self, video: VideoTask) -> None:
+        """Record a status read, logging it when its status or progress step changed."""
         self._poll_errors = 0
         if self.last is None or video.milestone != self.last.milestone:
             self._log.info("Video %s: %s, %g%%", self.video_id, video.status, video.progress)
@@ -109,18 +113,20 @@ class BatchWatch:
 
     @property
     def unfinished(self) -> list[str]:
+        """The videos still rendering, in the batch's order."""
         return [video_id for video_id in self.video_ids if video_id not in self.outcomes]
 
-    def took(self, video_ids: list[str], polls: list[VideoTask | OctopusXError]) -> None:
+    def take_round(self, video_ids: list[str], polls: list[VideoTask | OctopusXError]) -> None:
         """Take one round of polls (a video, or the error its poll ended with), then log the counts."""
         for video_id, poll in zip(video_ids, polls, strict=True):
             if isinstance(poll, VideoTask):
-                self.saw(poll)
+                self.record_status(poll)
             else:
                 self.poll_failed(video_id, poll)
         self.log_counts()
 
-    def saw(self, video: VideoTask) -> None:
+    def record_status(self, video: VideoTask) -> None:
+        """Record a status read: a finished video's outcome is kept, a rendering one is polled again."""
         self._poll_errors.pop(video.id, None)
         if video.is_completed:
             self.outcomes[video.id] = {"status": "completed"}
@@ -130,6 +136,7 @@ class BatchWatch:
             self.outcomes[video.id] = _failed(reason.code if reason else None, message)
 
     def poll_failed(self, video_id: str, error: OctopusXError) -> None:
+        """Decide what a failed poll means: that video's end, nothing yet, or (a 401) the wait's end."""
         if isinstance(error, AuthenticationError) and error.status_code == 401:
             raise error
         if isinstance(error, NotFoundError):
@@ -149,6 +156,7 @@ class BatchWatch:
             raise error
 
     def log_counts(self) -> None:
+        """Log how many are completed, failed and rendering, when those counts change."""
         completed = sum(outcome["status"] == "completed" for outcome in self.outcomes.values())
         counts = (completed, len(self.outcomes) - completed)
         if counts != self._counts:

@@ -153,6 +153,7 @@ class GenerateVideosOperator(BaseOperator):
     # -- first run: check, submit (or resume), wait ---------------------------------------------------
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        """Check every request, submit those not yet sent, then wait here or defer, and store."""
         declared = self._declared_requests()
         self._manifest(context)  # a bad manifest_name fails the task before anything is sent
         ledger = Ledger(
@@ -197,6 +198,7 @@ class GenerateVideosOperator(BaseOperator):
         return self._store(context, ledger, waited, declared)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Resume after the batch's deferral: store what completed, from the ledger."""
         try:
             event = checked_event(event)
         except OctopusXError as error:
@@ -485,6 +487,7 @@ class _SubmitGate:
         self._not_before = 0.0
 
     def submit(self, hook: OctopusXHook, request: VideoRequest) -> VideoTask:
+        """Submit ``request``, pausing first while a 429 holds the batch back."""
         for attempt in range(1, self._policy.max_attempts + 1):
             with self._lock:
                 pause = self._not_before - time.monotonic()

@@ -61,6 +61,7 @@ class Record:
     resend: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        """The record as stored in the task state store."""
         kept = {
             "request": self.request,
             "status": self.status.value,
@@ -169,6 +170,7 @@ class Ledger:
                 self._set(index, None)
 
     def needs_sending(self) -> list[int]:
+        """The indexes of requests to send: with no record, or refused before they reached the API."""
         return [
             index
             for index, record in enumerate(self._records)
@@ -176,6 +178,7 @@ class Ledger:
         ]
 
     def sending(self, indexes: Iterable[int]) -> None:
+        """Mark requests as about to be sent (saved before their POSTs leave)."""
         for index in indexes:
             self._set(index, Record(self._fingerprints[index], Status.SENDING))
 
@@ -267,10 +270,12 @@ class Ledger:
         ]
 
     def storing(self, indexes: Iterable[int]) -> None:
+        """Mark videos as being stored, before a byte is written."""
         for index in indexes:
             self._update(index, Status.STORING, None)
 
     def stored(self, index: int) -> None:
+        """Mark a video as stored."""
         self._update(index, Status.STORED, None)
 
     def not_stored(self, index: int, code: str, error: object) -> None:

@@ -77,6 +77,7 @@ class OctopusXVideoLink(BaseOperatorLink):
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         # Airflow asks as each try ends, deferrals included, and stores the answer for the UI. The
         # operator holds the link once the video is done; asking XCom before then logs an ERROR line.
+        """Return the finished video's link, or nothing before it is done."""
         link = getattr(operator, "video_link", "")
         return link if is_web_link(link) else ""
 
@@ -175,6 +176,7 @@ class SubmitVideoOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> OctopusXHook:
+        """The hook of ``octopusx_conn_id``, one per task run."""
         return OctopusXHook(self.octopusx_conn_id)
 
     @property
@@ -191,6 +193,7 @@ class SubmitVideoOperator(BaseOperator):
         return {name: getattr(self, name) for name in REQUEST_FIELDS}
 
     def execute(self, context: Context) -> str:
+        """Submit the video (or resume the one an earlier try submitted) and wait for it, or defer."""
         label_if_mapped(context)
         try:
             request = VideoRequest.build(with_files_inlined(self._fields(), file_reader(self.input_conn_id)))
@@ -285,6 +288,7 @@ class SubmitVideoOperator(BaseOperator):
         return video
 
     def execute_complete(self, context: Context, event: dict[str, Any] | str | None = None) -> str:
+        """Resume after the deferral: return the id of the completed video, or fail as it did."""
         label_if_mapped(context)
         if event == "success":
             # What dag.test() hands over when the trigger ended the task (a real triggerer sets its state
@@ -339,6 +343,7 @@ class SubmitVideoOperator(BaseOperator):
         return video.id
 
     def on_kill(self) -> None:
+        """Say that the video goes on rendering: OctopusX cannot cancel one."""
         if self._video_id is not None:
             self.log.warning(
                 "Stopped waiting for video %s, which OctopusX may still be rendering: its API has no way "
@@ -348,7 +353,7 @@ class SubmitVideoOperator(BaseOperator):
             )
 
 
-def _in_bytes(size: float) -> str:
+def _readable_size(size: float) -> str:
     """``14.0 kB``, ``1.07 GB``: a size a reader takes in at a glance."""
     for unit in ("B", "kB", "MB"):
         if size < 1000:
@@ -435,6 +440,7 @@ class DownloadVideoOperator(BaseOperator):
         return _label(self._prompt or str(self.video_id))
 
     def execute(self, context: Context) -> str:
+        """Download the finished video to its destination, whole or not at all, and announce it."""
         label_if_mapped(context)
         try:
             check_video_id(self.video_id)
@@ -458,9 +464,9 @@ class DownloadVideoOperator(BaseOperator):
             "Stored video %s at %s (%s in %.2f s, %s/s)",
             self.video_id,
             uri,
-            _in_bytes(downloaded.size),
+            _readable_size(downloaded.size),
             elapsed,
-            _in_bytes(downloaded.size / elapsed),
+            _readable_size(downloaded.size / elapsed),
         )
         announce(context, self.outlets, uri, _described(uri, downloaded))
         return uri

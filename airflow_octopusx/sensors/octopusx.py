@@ -117,9 +117,11 @@ class VideoTaskSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> OctopusXHook:
+        """The hook of ``octopusx_conn_id``, one per task run."""
         return OctopusXHook(self.octopusx_conn_id)
 
     def execute(self, context: Context) -> Any:
+        """Check the video once, then poke from the worker or defer to the triggerer."""
         try:
             check_video_id(self.video_id)
         except InvalidVideoRequest as error:
@@ -147,13 +149,15 @@ class VideoTaskSensor(BaseSensorOperator):
         return VideoWatch(self.video_id, self.log, self.hook.retry_policy)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        video = self._watch.took(self.hook.poll(self.video_id))
+        """Check the video once: done when completed, an error when failed."""
+        video = self._watch.take_poll(self.hook.poll(self.video_id))
         if video is None:
             return PokeReturnValue(is_done=False)
         video.raise_if_failed()
         return PokeReturnValue(is_done=True, xcom_value=video.id)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        """Resume after the trigger's event: the video id, or the failure or timeout it reports."""
         try:
             return video_id_from_event(event)
         except VideoTimeoutError as error:
@@ -161,6 +165,7 @@ class VideoTaskSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(str(error.with_next_step(SENSED_AGAIN))) from error
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Say Airflow's own trigger timeout as the sensor's timeout, with what running it again does."""
         try:
             return super().resume_execution(next_method, next_kwargs, context)
         except AirflowSensorTimeout as error:

@@ -170,4 +170,5 @@ def plain_uri(path: ObjectStoragePath) -> str:
 
 
 def file_name(video_id: str) -> str:
+    """The video id as a file name: characters other than letters, digits, '.', '_' and '-' as '_'."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", video_id)

@@ -27,7 +27,7 @@ class VideoBatchTrigger(PollingTrigger):
     :param deadline: Unix time after which the wait ends; unfinished videos are reported as ``timeout``.
     """
 
-    arguments = ("video_ids", *PollingTrigger.arguments)
+    serialized_fields = ("video_ids", *PollingTrigger.serialized_fields)
 
     def __init__(
         self,
@@ -41,13 +41,14 @@ class VideoBatchTrigger(PollingTrigger):
         self.video_ids = list(video_ids)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the unfinished videos in rounds until all are finished or the deadline passes; one event."""
         try:
             async with OctopusXHook(self.octopusx_conn_id) as hook:
                 watch = BatchWatch(self.video_ids, self.log, hook.retry_policy, self.max_poll_errors)
                 while True:
                     unfinished = watch.unfinished
                     polls = (hook.apoll(video_id, self.deadline) for video_id in unfinished)
-                    watch.took(unfinished, await asyncio.gather(*polls))
+                    watch.take_round(unfinished, await asyncio.gather(*polls))
                     remaining = self._remaining()
                     if not watch.unfinished or remaining <= 0:
                         break

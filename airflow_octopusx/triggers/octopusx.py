@@ -28,10 +28,10 @@ class PollingTrigger(BaseTrigger):
     """What every OctopusX trigger holds: plain values only, never the key, so that it survives
     serialisation and triggerer restarts (the deadline is absolute for the same reason).
 
-    ``arguments`` names the attributes that are its serialised form, and its constructor's arguments.
+    ``serialized_fields`` names the attributes that are its serialised form, and its constructor's arguments.
     """
 
-    arguments: ClassVar[tuple[str, ...]] = (
+    serialized_fields: ClassVar[tuple[str, ...]] = (
         "octopusx_conn_id",
         "poll_interval",
         "deadline",
@@ -52,8 +52,9 @@ class PollingTrigger(BaseTrigger):
         self.max_poll_errors = max_poll_errors
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the classpath and the plain values the trigger is rebuilt from."""
         classpath = f"{type(self).__module__}.{type(self).__qualname__}"
-        return classpath, {name: getattr(self, name) for name in self.arguments}
+        return classpath, {name: getattr(self, name) for name in self.serialized_fields}
 
     def _remaining(self) -> float:
         """Seconds left before the deadline."""
@@ -78,7 +79,7 @@ class VideoTaskTrigger(PollingTrigger):
         resuming it; any other outcome still goes back to the task.
     """
 
-    arguments = ("video_id", *PollingTrigger.arguments, "end_from_trigger")
+    serialized_fields = ("video_id", *PollingTrigger.serialized_fields, "end_from_trigger")
 
     def __init__(
         self,
@@ -94,6 +95,7 @@ class VideoTaskTrigger(PollingTrigger):
         self.end_from_trigger = end_from_trigger
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the video until it is finished or the deadline passes, and fire one event."""
         watch: VideoWatch | None = None
         try:
             # Rendered here when the task started in the triggerer: check it before it goes in a URL.
@@ -123,7 +125,7 @@ class VideoTaskTrigger(PollingTrigger):
         # interval (the deferring task has just checked the video anyway), the rest drift apart.
         await asyncio.sleep(random.uniform(0, max(0.0, min(self.poll_interval, self._remaining()))))
         while True:
-            video = watch.took(await hook.apoll(self.video_id, self.deadline))
+            video = watch.take_poll(await hook.apoll(self.video_id, self.deadline))
             if video is not None and video.is_completed:
                 return self._event("success", "completed", video)
             if video is not None:
