@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -437,37 +438,28 @@ class OctopusXHook(BaseHook):
 
     def _download_into(self, sink: Mp4Sink, chunk_size: int | None) -> DownloadedVideo:
         video_id = sink.video_id
-        failures = refused_links = most_written = 0
+        source = _Source.LINK
+        failures = most_written = 0
         while True:
             video = self.get_video(video_id)
             video.raise_if_failed()
             if not video.is_completed:
                 raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
-            # A refused link costs no attempt: after two, /content is used, which raises no _LinkRefused.
-            use_link = self._has_own_link(video) and refused_links < 2
+            via_link = source is not _Source.CONTENT and self._has_own_link(video)
+            url = video.video_url if via_link else f"{_video_path(video_id)}/content"
             try:
-                try:
-                    self._transfer(
-                        video.video_url if use_link else f"{_video_path(video_id)}/content", sink, chunk_size
-                    )
-                except _LinkRefused as refused:
-                    if use_link:
-                        raise
-                    if refused.permanent:
-                        raise VideoDownloadError(video_id, f"/content: {refused}") from None
+                refusal = self._transfer(url, sink, chunk_size)
+                if refusal is None:
+                    return DownloadedVideo(video=video, size=sink.finish())
+                if not via_link and refusal.permanent:
+                    raise VideoDownloadError(video_id, f"/content: {refusal}")
+                if not via_link:
                     # /content's redirect to a fresh link that the CDN refused: ask /content again.
-                    raise TransportError(
-                        f"/content led to a refused link ({refused})", request_sent=True
-                    ) from None
-                return DownloadedVideo(video=video, size=sink.finish())
-            except _LinkRefused as refused:
-                refused_links += 2 if refused.permanent else 1
-                self.log.info(
-                    "The link of video %s was refused (%s); %s",
-                    video_id,
-                    refused,
-                    "asking for a fresh one" if refused_links == 1 else "using the API's /content download",
-                )
+                    raise TransportError(f"/content led to a refused link ({refusal})", request_sent=True)
+                # A refused link costs no attempt: a fresh one is asked for once, then /content is used.
+                permanent = refusal.permanent or source is _Source.FRESH_LINK
+                source = _Source.CONTENT if permanent else _Source.FRESH_LINK
+                self.log.info("The link of video %s was refused (%s); %s", video_id, refusal, source.value)
             except OctopusXError as error:
                 # Bounded all the same, by the deadline that _transfer checks; without one, by the count.
                 progressed = sink.written > most_written and sink.deadline is not None
@@ -501,8 +493,9 @@ class OctopusXHook(BaseHook):
             return True  # refused, with its reason, when it is followed
         return not path.endswith(f"{_video_path(video.id)}/content")
 
-    def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int | None) -> None:
-        """One GET of the video into ``sink``, from where the last attempt stopped."""
+    def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int | None) -> _LinkRefused | None:
+        """One GET of the video into ``sink``, from where the last attempt stopped; the link's refusal
+        (by the CDN, or by the link rules) if it was refused, None once the video is whole."""
         what = f"download of video {sink.video_id}"
         sink.check_deadline()
         try:
@@ -517,7 +510,7 @@ class OctopusXHook(BaseHook):
                 if response.status_code in _EXPIRED_LINK_STATUSES and not self.endpoint.is_api_origin(
                     response.url
                 ):
-                    raise _LinkRefused(f"HTTP {response.status_code}")
+                    return _LinkRefused(f"HTTP {response.status_code}")
                 if not response.is_success:
                     raise_for_status(Answer.read(response, self._answer_by(None)), sink.video_id)
                     raise InvalidResponseError(f"{what}: the server answered HTTP {response.status_code}")
@@ -535,6 +528,8 @@ class OctopusXHook(BaseHook):
                 sink.check_size(total)
                 for chunk in response.iter_bytes(chunk_size):
                     sink.write(chunk)
+        except _LinkRefused as refused:  # a redirect the link rules do not allow
+            return refused
         except (httpx.TransportError, httpx.DecodingError) as error:
             raise TransportError(
                 f"{what} broke after {sink.written} bytes: {excerpt(str(error))}", request_sent=True
@@ -543,6 +538,7 @@ class OctopusXHook(BaseHook):
             raise transport_error(error, what) from error
         if total is not None and sink.written != total:
             raise TransportError(f"{what} ended at {sink.written} of {total} bytes", request_sent=True)
+        return None
 
     def test_connection(self) -> tuple[bool, str]:
         """Check URL and key by asking for a video id that cannot exist: "no such video" proves both, free.
@@ -574,6 +570,14 @@ class DownloadedVideo:
 
     video: VideoTask
     size: int
+
+
+class _Source(enum.Enum):
+    """Where a download's next attempt fetches the video, as its links are refused; the log says so."""
+
+    LINK = "fetching it from its link"
+    FRESH_LINK = "asking for a fresh one"
+    CONTENT = "using the API's /content download"
 
 
 class _LinkRefused(Exception):
