@@ -23,6 +23,7 @@ import os
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -90,9 +91,10 @@ class SoakConfig:
 class SoakTaskInstance:
     """``context["ti"]`` for one try: records XComs (which, in Airflow, do not survive into the next try)."""
 
-    def __init__(self, task_id: str, try_number: int) -> None:
+    def __init__(self, task_id: str, try_number: int, run_id: str) -> None:
         self.task_id = task_id
         self.try_number = try_number
+        self.run_id = run_id
         self.map_index = -1
         self.xcom: dict[str, Any] = {}
 
@@ -144,6 +146,8 @@ class TaskRun:
     tries: int = 0
     errors: list[BaseException] = field(default_factory=list)
     trigger_events: list[int] = field(default_factory=list)
+    #: The DAG run's id, the same in every try (a batch names its manifest after it).
+    run_id: str = field(default_factory=lambda: f"soak__{uuid.uuid4().hex[:12]}")
 
     def run(self, make_operator: Callable[[], Any], triggerer: Triggerer) -> Any:
         from airflow.providers.common.compat.sdk import AirflowFailException
@@ -151,7 +155,7 @@ class TaskRun:
 
         while True:
             self.tries += 1
-            ti = SoakTaskInstance(self.task_id, self.tries)
+            ti = SoakTaskInstance(self.task_id, self.tries, self.run_id)
             context = {
                 "ti": ti,
                 "task_instance": ti,
@@ -662,7 +666,9 @@ def run_batch_soak(api_url: str, config: SoakConfig, folder: Path, batch_size: i
     byte_exact = sum(
         path.is_file() and hashlib.sha256(path.read_bytes()).digest() == digest for path in stored
     )
-    wanted = {path.name for path in stored}
+    # Each batch's manifest is wanted too (its lines are checked in tests/operators/test_batch*.py).
+    manifests = {f"generate_videos.{task.run_id}.jsonl" for task in tasks}
+    wanted = {path.name for path in stored} | manifests
     leftovers = sorted(str(path) for path in folder.rglob("*") if path.is_file() and path.name not in wanted)
     return BatchSoakReport(
         config=config,
