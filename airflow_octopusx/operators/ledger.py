@@ -129,6 +129,9 @@ class Ledger:
                 )
         # Positions may have moved: the first save writes every page.
         self._unsaved_pages = set(range(_page_count(len(self._entries()))))
+        # This try's submissions in flight, and for each, those in flight with it at some moment.
+        self._in_flight: set[int] = set()
+        self._flew_with: dict[int, set[int]] = {}
         resumed = sum(record is not None for record in self._records)
         if resumed and not after_deferral:
             log.info("Resuming %d of %d videos from an earlier try", resumed, len(fingerprints))
@@ -181,10 +184,15 @@ class Ledger:
         """Mark requests as about to be sent (saved before their POSTs leave)."""
         for index in indexes:
             self._set(index, Record(self._fingerprints[index], Status.SENDING))
+            self._flew_with[index] = set(self._in_flight)
+            for other in self._in_flight:
+                self._flew_with[other].add(index)
+            self._in_flight.add(index)
 
     def sent(self, index: int, outcome: Future[VideoTask]) -> None:
         """Take how a submission ended; any exception, of ours or not, is recorded against its request."""
         fingerprint = self._fingerprints[index]
+        self._in_flight.discard(index)
         try:
             video = outcome.result()
         except BadRequestError as error:
@@ -208,11 +216,22 @@ class Ledger:
             self._ambiguous(index, error)
         else:
             holder = self._holder_of(video.id)
-            if holder is not None:
+            if isinstance(holder, int) and holder in self._flew_with.get(index, ()):
+                # Both were on their way at once: which one made the video cannot be told, so neither
+                # is credited with it; both are reported with its id, and neither is sent again.
+                for one, other in ((index, holder), (holder, index)):
+                    self._ambiguous(
+                        one,
+                        f"OctopusX answered the id {video.id} for this submission and for requests[{other}], "
+                        "sent at the same time: which one made it cannot be told, so neither is credited "
+                        "with it, and neither is sent again",
+                    )
+            elif holder is not None:
                 self._ambiguous(
                     index,
                     f"OctopusX answered this submission with the id {video.id} of another request's video "
-                    f"({holder}); it may have created another billed video, so it is not sent again",
+                    f"({holder if isinstance(holder, str) else f'requests[{holder}]'}); it may have created "
+                    "another billed video, so it is not sent again",
                 )
             else:
                 self._set(index, Record(fingerprint, Status.RENDERING, video.id, billing=dict(video.billing)))
@@ -223,10 +242,11 @@ class Ledger:
         )
         self._set(index, record)
 
-    def _holder_of(self, video_id: str) -> str | None:
+    def _holder_of(self, video_id: str) -> int | str | None:
+        """The index of the request credited with ``video_id``, or a word for one no longer listed."""
         for index, record in enumerate(self._records):
             if record is not None and record.video_id == video_id:
-                return f"requests[{index}]"
+                return index
         if any(record.video_id == video_id for record in self.orphans):
             return "a request no longer in the list"
         return None

@@ -317,6 +317,21 @@ def test_an_id_answered_for_two_posts_is_credited_once_and_the_other_reported(
     assert api.posts == ["a fox", "a kite"]
 
 
+def test_an_id_answered_for_two_posts_in_flight_together_is_credited_to_neither(
+    api: FakeVideoApi, tmp_path: Path
+) -> None:
+    # Which of two submissions on their way at once made the video cannot be told: crediting the one
+    # whose answer was read first once credited a video to the wrong request (seen on a loaded machine).
+    api.duplicate_next = True
+    results = run(["a fox", "a kite"], tmp_path, MemoryTaskStateStore(), max_concurrent_requests=2)
+    for result in results:
+        assert (result["status"], result["video_id"]) == ("not_submitted", None)
+        assert result["error"]["code"] == "ambiguous_submission"
+        assert "video_0" in result["error"]["message"]
+    assert sorted(api.posts) == ["a fox", "a kite"]
+    assert not list(tmp_path.glob("*.mp4"))
+
+
 def test_ids_whose_file_names_would_collide_store_one_and_report_the_other(
     api: FakeVideoApi, tmp_path: Path
 ) -> None:
