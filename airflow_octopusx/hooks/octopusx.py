@@ -401,16 +401,14 @@ class OctopusXHook(BaseHook):
     def poll(self, video_id: str, deadline: float | None = None) -> VideoTask | OctopusXError:
         """One status check of a wait, within its ``deadline`` (epoch): the video, or the error it met."""
         try:
-            return self.get_video(video_id, time_left=None if deadline is None else deadline - time.time())
+            return self.get_video(video_id, time_left=_time_left(deadline))
         except OctopusXError as error:
             return error
 
     async def apoll(self, video_id: str, deadline: float | None = None) -> VideoTask | OctopusXError:
         """Async ``poll``, for the triggerer; call inside ``async with hook:``."""
         try:
-            return await self.aget_video(
-                video_id, time_left=None if deadline is None else deadline - time.time()
-            )
+            return await self.aget_video(video_id, time_left=_time_left(deadline))
         except OctopusXError as error:
             return error
 
@@ -589,6 +587,11 @@ class _LinkRefused(Exception):
     def __init__(self, reason: str, *, permanent: bool = False) -> None:
         super().__init__(reason)
         self.permanent = permanent
+
+
+def _time_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (epoch); None for a wait without one."""
+    return None if deadline is None else deadline - time.time()
 
 
 def _give_up(time_left: float | None) -> float | None:
