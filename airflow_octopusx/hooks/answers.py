@@ -55,7 +55,7 @@ _REFUSED_BEFORE_CREATING = frozenset({(429, "rate_limit_exceeded"), (503, "servi
 
 
 @dataclass(frozen=True)
-class Answer:
+class WholeResponse:
     """A whole (capped) HTTP answer: what is parsed, with nothing left open."""
 
     status_code: int
@@ -64,7 +64,7 @@ class Answer:
     reason: str = ""
 
     @classmethod
-    def read(cls, response: httpx.Response, give_up: float) -> Answer:
+    def read(cls, response: httpx.Response, give_up: float) -> WholeResponse:
         """Read the answer whole, by ``give_up`` (``time.monotonic()``) however slowly it drips."""
         body = _Body(response.is_success, give_up)
         for chunk in response.iter_bytes():
@@ -73,7 +73,7 @@ class Answer:
         return cls(response.status_code, response.headers, body.bytes(), response.reason_phrase)
 
     @classmethod
-    async def aread(cls, response: httpx.Response, give_up: float) -> Answer:
+    async def aread(cls, response: httpx.Response, give_up: float) -> WholeResponse:
         """Async ``read``."""
         body = _Body(response.is_success, give_up)
         async for chunk in response.aiter_bytes():
@@ -114,7 +114,7 @@ class _Body:
         return bytes(self._data[: self._limit])
 
 
-def video_from(answer: Answer, video_id: str | None = None) -> VideoTask:
+def video_from(answer: WholeResponse, video_id: str | None = None) -> VideoTask:
     """A video from a successful answer; any other answer raises the matching error."""
     raise_for_status(answer, video_id)
     if answer.status_code != 200 and answer.status_code != 201:
@@ -122,7 +122,7 @@ def video_from(answer: Answer, video_id: str | None = None) -> VideoTask:
     return VideoTask.from_api(parse_json(answer.body), asked=video_id)
 
 
-def submitted_video_from(answer: Answer) -> VideoTask:
+def submitted_video_from(answer: WholeResponse) -> VideoTask:
     """The video a submission created, with the billing multipliers the gateway named; a redirect is never
     followed, as it would send the body again."""
     if 300 <= answer.status_code < 400:
@@ -144,7 +144,7 @@ def parse_json(body: bytes) -> Any:
         ) from None
 
 
-def raise_for_status(answer: Answer, video_id: str | None = None) -> None:
+def raise_for_status(answer: WholeResponse, video_id: str | None = None) -> None:
     """Nothing for a 2xx or 3xx answer; for any other the matching ``APIError``."""
     if answer.status_code < 400:
         return
@@ -164,7 +164,7 @@ def raise_for_status(answer: Answer, video_id: str | None = None) -> None:
     )
 
 
-def _error_details(answer: Answer) -> tuple[str, str | None, bool]:
+def _error_details(answer: WholeResponse) -> tuple[str, str | None, bool]:
     """Message and code of an error answer, and whether it is the gateway's task error.
 
     The doc's (and the gateway middleware's) OpenAI-style ``{"error": {"message", "code"}}``, the

@@ -9,6 +9,7 @@ import re
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from airflow.providers.common.compat.sdk import mask_secret
@@ -117,6 +118,22 @@ class ApiEndpoint:
     def needs_resolving(self, url: httpx.URL) -> bool:
         """Whether ``link_refusal`` needs the host's addresses to decide."""
         return not (self.is_api_origin(url) or self.allow_private_links or ip_address(url.host))
+
+
+class LinkRefused(Exception):
+    """A link or redirect refused by the CDN (expired, revoked) or by the link rules; /content will do.
+
+    ``permanent``: the link rules refused it, so a fresh link from the same place would be refused too.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.permanent = permanent
+
+
+def video_path(video_id: str) -> str:
+    """The API's path of a video, its id escaped."""
+    return f"/v1/videos/{quote(video_id, safe='')}"
 
 
 def ip_address(host: str | None) -> Address | None:

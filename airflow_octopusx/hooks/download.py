@@ -1,21 +1,159 @@
-"""Where a downloaded MP4's bytes go: counted, checked and capped, with a way to start over."""
+"""A video's download: where it is fetched from, and where its bytes go (counted, checked and capped)."""
 
 from __future__ import annotations
 
+import enum
 import queue
 import re
 import threading
 import time
-from typing import IO
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
 
 import httpx
 
-from airflow_octopusx.exceptions import TransportError, VideoDownloadError
+from airflow_octopusx.exceptions import (
+    InvalidResponseError,
+    OctopusXError,
+    TransportError,
+    VideoDownloadError,
+    excerpt,
+)
+from airflow_octopusx.hooks.answers import raise_for_status, transport_error
+from airflow_octopusx.hooks.connection import LinkRefused, video_path
+from airflow_octopusx.models import VideoTask, is_web_link
+
+if TYPE_CHECKING:
+    from airflow_octopusx.hooks.octopusx import OctopusXHook
 
 # Chunks (about 64 KiB each as received) go to the writer thread in batches of at least this many bytes,
 # at most _QUEUED_BATCHES of them waiting: memory stays flat at a few MiB.
 _BATCH_BYTES = 1024 * 1024
 _QUEUED_BATCHES = 2
+# A CDN answers these when a signed link has expired or was revoked; the API's /content proxy still works.
+_EXPIRED_LINK_STATUSES = frozenset({401, 403, 404, 410})
+
+
+@dataclass(frozen=True)
+class DownloadedVideo:
+    """What a download stored: the video as the API last described it, and its size in bytes."""
+
+    video: VideoTask
+    size: int
+
+
+class _Source(enum.Enum):
+    """Where a download's next attempt fetches the video, as its links are refused; the log says so."""
+
+    LINK = "fetching it from its link"
+    FRESH_LINK = "asking for a fresh one"
+    CONTENT = "using the API's /content download"
+
+
+def download_into(hook: OctopusXHook, sink: Mp4Sink, chunk_size: int | None) -> DownloadedVideo:
+    """Fetch the finished video into ``sink`` as ``OctopusXHook.download_video`` describes."""
+    video_id = sink.video_id
+    source = _Source.LINK
+    failures = most_written = 0
+    while True:
+        video = hook.get_video(video_id)
+        video.raise_if_failed()
+        if not video.is_completed:
+            raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
+        via_link = source is not _Source.CONTENT and _has_own_link(video)
+        url = video.video_url if via_link else f"{video_path(video_id)}/content"
+        try:
+            refusal = _transfer(hook, url, sink, chunk_size)
+            if refusal is None:
+                return DownloadedVideo(video=video, size=sink.finish())
+            if not via_link and refusal.permanent:
+                raise VideoDownloadError(video_id, f"/content: {refusal}")
+            if not via_link:
+                # /content's redirect to a fresh link that the CDN refused: ask /content again.
+                raise TransportError(f"/content led to a refused link ({refusal})", request_sent=True)
+            # A refused link costs no attempt: a fresh one is asked for once, then /content is used.
+            permanent = refusal.permanent or source is _Source.FRESH_LINK
+            source = _Source.CONTENT if permanent else _Source.FRESH_LINK
+            hook.log.info("The link of video %s was refused (%s); %s", video_id, refusal, source.value)
+        except OctopusXError as error:
+            # Bounded all the same, by the deadline that _transfer checks; without one, by the count.
+            progressed = sink.written > most_written and sink.deadline is not None
+            failures = 1 if progressed else failures + 1
+            most_written = max(most_written, sink.written)
+            policy = hook.retry_policy
+            if failures == policy.max_attempts or not policy.is_retryable(error, idempotent=True):
+                raise
+            delay = policy.delay(failures, error)
+            hook.log.warning(
+                "Download of video %s interrupted at %d bytes (%s); resuming in %.1f s",
+                video_id,
+                sink.written,
+                error,
+                delay,
+            )
+            time.sleep(delay)
+
+
+def _has_own_link(video: VideoTask) -> bool:
+    """Whether the video has a link of its own, not one to the API's ``/content`` proxy of itself.
+
+    The gateway builds such links from its own configured address, which may not be the
+    connection's: whatever the origin, the video is fetched from the connection's ``/content``.
+    """
+    if not is_web_link(video.video_url):
+        return False
+    try:
+        path = httpx.URL(video.video_url).path
+    except httpx.InvalidURL:
+        return True  # refused, with its reason, when it is followed
+    return not path.endswith(f"{video_path(video.id)}/content")
+
+
+def _transfer(hook: OctopusXHook, url: str, sink: Mp4Sink, chunk_size: int | None) -> LinkRefused | None:
+    """One GET of the video into ``sink``, from where the last attempt stopped; the link's refusal
+    (by the CDN, or by the link rules) if it was refused, None once the video is whole."""
+    what = f"download of video {sink.video_id}"
+    sink.check_deadline()
+    # An MP4 gains nothing from compression, and a compressed body is decoded a whole chunk at a time,
+    # before the size cap sees it.
+    headers = {"Accept-Encoding": "identity"}
+    if sink.written:
+        headers["Range"] = f"bytes={sink.written}-"
+    try:
+        with hook.stream(url, headers) as response:
+            # response.url, not url: /content may redirect to the CDN, whose refusal is a link's.
+            if response.status_code in _EXPIRED_LINK_STATUSES and not hook.endpoint.is_api_origin(
+                response.url
+            ):
+                return LinkRefused(f"HTTP {response.status_code}")
+            if not response.is_success:
+                raise_for_status(hook.read_whole(response), sink.video_id)
+                raise InvalidResponseError(f"{what}: the server answered HTTP {response.status_code}")
+            start = resumed_from(response)
+            if start != sink.written:
+                # A full answer, or a part from another offset than asked: start over from 0.
+                sink.restart()
+                if start != 0:
+                    raise TransportError(
+                        f"{what}: the server answered from byte {start} instead of the one asked for; "
+                        "starting over",
+                        request_sent=True,
+                    )
+            total = announced_total(response, sink.written)
+            sink.check_size(total)
+            for chunk in response.iter_bytes(chunk_size):
+                sink.write(chunk)
+    except LinkRefused as refused:  # a redirect the link rules do not allow
+        return refused
+    except (httpx.TransportError, httpx.DecodingError) as error:
+        raise TransportError(
+            f"{what} broke after {sink.written} bytes: {excerpt(str(error))}", request_sent=True
+        ) from error
+    except httpx.HTTPError as error:
+        raise transport_error(error, what) from error
+    if total is not None and sink.written != total:
+        raise TransportError(f"{what} ended at {sink.written} of {total} bytes", request_sent=True)
+    return None
 
 
 class BackgroundWriter:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import socket
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
-from urllib.parse import quote
 
 import httpx
 from airflow.providers.common.compat.sdk import BaseHook
@@ -26,23 +23,29 @@ from airflow_octopusx.exceptions import (
     OctopusXError,
     QuotaExceededError,
     TransportError,
-    VideoDownloadError,
     VideoTimeoutError,
     excerpt,
 )
 from airflow_octopusx.hooks.answers import (
-    Answer,
+    WholeResponse,
     raise_for_status,
     submitted_video_from,
     transport_error,
     video_from,
 )
-from airflow_octopusx.hooks.connection import Address, ApiEndpoint, ApiOnlyBearerAuth, ip_address
-from airflow_octopusx.hooks.download import Mp4Sink, announced_total, resumed_from
+from airflow_octopusx.hooks.connection import (
+    Address,
+    ApiEndpoint,
+    ApiOnlyBearerAuth,
+    LinkRefused,
+    ip_address,
+    video_path,
+)
+from airflow_octopusx.hooks.download import DownloadedVideo, Mp4Sink, download_into
 from airflow_octopusx.hooks.retry import RetryPolicy
 from airflow_octopusx.hooks.shared_clients import QueueingAsyncClient, SharedAsyncClients
 from airflow_octopusx.hooks.video_watch import DEFAULT_MAX_POLL_ERRORS, BatchWatch, VideoWatch
-from airflow_octopusx.models import VideoRequest, VideoTask, is_web_link
+from airflow_octopusx.models import VideoRequest, VideoTask
 
 # None passes chunks on as the socket delivers them (the measurements are in docs/performance.md).
 DOWNLOAD_CHUNK_SIZE: int | None = None
@@ -56,8 +59,6 @@ ASYNC_KEEPALIVE_SECONDS = 20.0
 MIN_POLL_SECONDS = 1.0
 # Redirects followed for one GET (a CDN may redirect once or twice); a submission follows none.
 MAX_REDIRECTS = 5
-# A CDN answers these when a signed link has expired or was revoked; the API's /content proxy still works.
-_EXPIRED_LINK_STATUSES = frozenset({401, 403, 404, 410})
 
 
 class OctopusXHook(BaseHook):
@@ -189,8 +190,8 @@ class OctopusXHook(BaseHook):
     async def _asend(self, client: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
         """Async ``_send``."""
         for _ in range(MAX_REDIRECTS + 1):
-            resolved = await _aresolve(request.url) if self._must_resolve(request.url) else ()
-            self._check_link(request.url, resolved)
+            url = request.url  # resolved in a thread, as the event loop's own getaddrinfo is
+            self._check_link(url, await asyncio.to_thread(_resolve, url) if self._must_resolve(url) else ())
             response = await client.send(request, stream=True)
             redirect = _redirect_of(client, request, response)
             if redirect is None:
@@ -206,9 +207,9 @@ class OctopusXHook(BaseHook):
         reason = self.endpoint.link_refusal(url, addresses)
         if reason is not None:
             shown = excerpt(str(url.copy_with(query=None)), 120)
-            raise _LinkRefused(f"{shown} is not followed: {reason}", permanent=True)
+            raise LinkRefused(f"{shown} is not followed: {reason}", permanent=True)
 
-    def _exchange(self, method: str, path: str, give_up: float | None = None) -> Answer:
+    def _exchange(self, method: str, path: str, give_up: float | None = None) -> WholeResponse:
         """One request to the API and its whole (capped) answer; any failure is one of our errors.
 
         The answer must be whole within the request timeout, and by ``give_up`` (``time.monotonic()``)
@@ -217,16 +218,16 @@ class OctopusXHook(BaseHook):
         with _as_our_errors(f"{method} {path}"):
             request = self.client.build_request(method, path, **self._bounded(give_up))
             with contextlib.closing(self._send(request)) as response:
-                return Answer.read(response, self._answer_by(give_up))
+                return WholeResponse.read(response, self._answer_by(give_up))
 
     async def _aexchange(
         self, client: httpx.AsyncClient, method: str, path: str, give_up: float | None = None
-    ) -> Answer:
+    ) -> WholeResponse:
         """Async ``_exchange``."""
         with _as_our_errors(f"{method} {path}"):
             response = await self._asend(client, client.build_request(method, path, **self._bounded(give_up)))
             try:
-                return await Answer.aread(response, self._answer_by(give_up))
+                return await WholeResponse.aread(response, self._answer_by(give_up))
             finally:
                 await response.aclose()
 
@@ -261,7 +262,7 @@ class OctopusXHook(BaseHook):
                     headers = {"Content-Type": "application/json", "Content-Length": str(sum(map(len, body)))}
                     sent = self.client.build_request("POST", "/v1/videos", content=body, headers=headers)
                     with contextlib.closing(self.client.send(sent, stream=True)) as response:
-                        answer = Answer.read(response, self._answer_by(None))
+                        answer = self.read_whole(response)
                     raise_for_status(answer)
                     return submitted_video_from(answer)
                 except httpx.HTTPError as error:
@@ -288,7 +289,7 @@ class OctopusXHook(BaseHook):
                 return self._get_video(video_id, give_up)
 
     def _get_video(self, video_id: str, give_up: float | None = None) -> VideoTask:
-        path = _video_path(video_id)
+        path = video_path(video_id)
         policy = self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}", give_up=give_up)
         for attempt in Retrying(**policy):
             with attempt:
@@ -314,7 +315,7 @@ class OctopusXHook(BaseHook):
         client = self._async_client
         if client is None:
             raise RuntimeError("aget_video needs the async client: use it inside `async with hook:`")
-        path = _video_path(video_id)
+        path = video_path(video_id)
         policy = self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}", give_up=give_up)
         async for attempt in AsyncRetrying(**policy):
             with attempt:
@@ -432,111 +433,19 @@ class OctopusXHook(BaseHook):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._naming_connection_on_refused_key(), Mp4Sink(video_id, file, max_bytes, deadline) as sink:
-            return self._download_into(sink, chunk_size)
+            return download_into(self, sink, chunk_size)
 
-    def _download_into(self, sink: Mp4Sink, chunk_size: int | None) -> DownloadedVideo:
-        video_id = sink.video_id
-        source = _Source.LINK
-        failures = most_written = 0
-        while True:
-            video = self.get_video(video_id)
-            video.raise_if_failed()
-            if not video.is_completed:
-                raise VideoDownloadError(video_id, f"the video is {video.status!r}, not completed yet")
-            via_link = source is not _Source.CONTENT and self._has_own_link(video)
-            url = video.video_url if via_link else f"{_video_path(video_id)}/content"
-            try:
-                refusal = self._transfer(url, sink, chunk_size)
-                if refusal is None:
-                    return DownloadedVideo(video=video, size=sink.finish())
-                if not via_link and refusal.permanent:
-                    raise VideoDownloadError(video_id, f"/content: {refusal}")
-                if not via_link:
-                    # /content's redirect to a fresh link that the CDN refused: ask /content again.
-                    raise TransportError(f"/content led to a refused link ({refusal})", request_sent=True)
-                # A refused link costs no attempt: a fresh one is asked for once, then /content is used.
-                permanent = refusal.permanent or source is _Source.FRESH_LINK
-                source = _Source.CONTENT if permanent else _Source.FRESH_LINK
-                self.log.info("The link of video %s was refused (%s); %s", video_id, refusal, source.value)
-            except OctopusXError as error:
-                # Bounded all the same, by the deadline that _transfer checks; without one, by the count.
-                progressed = sink.written > most_written and sink.deadline is not None
-                failures = 1 if progressed else failures + 1
-                most_written = max(most_written, sink.written)
-                if failures == self.retry_policy.max_attempts or not self.retry_policy.is_retryable(
-                    error, idempotent=True
-                ):
-                    raise
-                delay = self.retry_policy.delay(failures, error)
-                self.log.warning(
-                    "Download of video %s interrupted at %d bytes (%s); resuming in %.1f s",
-                    video_id,
-                    sink.written,
-                    error,
-                    delay,
-                )
-                time.sleep(delay)
+    @contextlib.contextmanager
+    def stream(self, url: str, headers: Mapping[str, str]) -> Iterator[httpx.Response]:
+        """GET ``url`` (the API's, or a link off it) following its checked redirects, its body left to read;
+        a link or redirect that the link rules refuse raises ``LinkRefused``."""
+        request = self.client.build_request("GET", url, headers=headers)
+        with contextlib.closing(self._send(request)) as response:
+            yield response
 
-    def _has_own_link(self, video: VideoTask) -> bool:
-        """Whether the video has a link of its own, not one to the API's ``/content`` proxy of itself.
-
-        The gateway builds such links from its own configured address, which may not be the
-        connection's: whatever the origin, the video is fetched from the connection's ``/content``.
-        """
-        if not is_web_link(video.video_url):
-            return False
-        try:
-            path = httpx.URL(video.video_url).path
-        except httpx.InvalidURL:
-            return True  # refused, with its reason, when it is followed
-        return not path.endswith(f"{_video_path(video.id)}/content")
-
-    def _transfer(self, url: str, sink: Mp4Sink, chunk_size: int | None) -> _LinkRefused | None:
-        """One GET of the video into ``sink``, from where the last attempt stopped; the link's refusal
-        (by the CDN, or by the link rules) if it was refused, None once the video is whole."""
-        what = f"download of video {sink.video_id}"
-        sink.check_deadline()
-        try:
-            # An MP4 gains nothing from compression, and a compressed body is decoded a whole chunk
-            # at a time, before the size cap sees it.
-            headers = {"Accept-Encoding": "identity"}
-            if sink.written:
-                headers["Range"] = f"bytes={sink.written}-"
-            request = self.client.build_request("GET", url, headers=headers)
-            with contextlib.closing(self._send(request)) as response:
-                # response.url, not url: /content may redirect to the CDN, whose refusal is a link's.
-                if response.status_code in _EXPIRED_LINK_STATUSES and not self.endpoint.is_api_origin(
-                    response.url
-                ):
-                    return _LinkRefused(f"HTTP {response.status_code}")
-                if not response.is_success:
-                    raise_for_status(Answer.read(response, self._answer_by(None)), sink.video_id)
-                    raise InvalidResponseError(f"{what}: the server answered HTTP {response.status_code}")
-                start = resumed_from(response)
-                if start != sink.written:
-                    # A full answer, or a part from another offset than asked: start over from 0.
-                    sink.restart()
-                    if start != 0:
-                        raise TransportError(
-                            f"{what}: the server answered from byte {start} instead of the one asked for; "
-                            "starting over",
-                            request_sent=True,
-                        )
-                total = announced_total(response, sink.written)
-                sink.check_size(total)
-                for chunk in response.iter_bytes(chunk_size):
-                    sink.write(chunk)
-        except _LinkRefused as refused:  # a redirect the link rules do not allow
-            return refused
-        except (httpx.TransportError, httpx.DecodingError) as error:
-            raise TransportError(
-                f"{what} broke after {sink.written} bytes: {excerpt(str(error))}", request_sent=True
-            ) from error
-        except httpx.HTTPError as error:
-            raise transport_error(error, what) from error
-        if total is not None and sink.written != total:
-            raise TransportError(f"{what} ended at {sink.written} of {total} bytes", request_sent=True)
-        return None
+    def read_whole(self, response: httpx.Response) -> WholeResponse:
+        """Read an answer whole (capped), within the request timeout."""
+        return WholeResponse.read(response, self._answer_by(None))
 
     def test_connection(self) -> tuple[bool, str]:
         """Check URL and key by asking for a video id that cannot exist: "no such video" proves both, free.
@@ -547,7 +456,7 @@ class OctopusXHook(BaseHook):
             self._endpoint = ApiEndpoint.from_connection(
                 self.get_connection(self.octopusx_conn_id), name="This connection"
             )
-            raise_for_status(self._exchange("GET", _video_path("octopusx-connection-test")))
+            raise_for_status(self._exchange("GET", video_path("octopusx-connection-test")))
             return True, f"Connected to {self.endpoint.base_url}."
         except NotFoundError:
             return True, f"Connected to {self.endpoint.base_url}; the API key was accepted."
@@ -560,33 +469,6 @@ class OctopusXHook(BaseHook):
             return False, f"OctopusX refused the API key: {error}. Check the 'API key' field."
         except OctopusXError as error:
             return False, str(error)
-
-
-@dataclass(frozen=True)
-class DownloadedVideo:
-    """What a download stored: the video as the API last described it, and its size in bytes."""
-
-    video: VideoTask
-    size: int
-
-
-class _Source(enum.Enum):
-    """Where a download's next attempt fetches the video, as its links are refused; the log says so."""
-
-    LINK = "fetching it from its link"
-    FRESH_LINK = "asking for a fresh one"
-    CONTENT = "using the API's /content download"
-
-
-class _LinkRefused(Exception):
-    """A link or redirect refused by the CDN (expired, revoked) or by the link rules; /content will do.
-
-    ``permanent``: the link rules refused it, so a fresh link from the same place would be refused too.
-    """
-
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
-        super().__init__(reason)
-        self.permanent = permanent
 
 
 def _time_left(deadline: float | None) -> float | None:
@@ -612,21 +494,11 @@ def _redirect_of(
 
 
 def _resolve(url: httpx.URL) -> list[Address]:
+    """The addresses the link's host name resolves to; none if it does not resolve."""
     try:
-        return _addresses(socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM))
+        found = socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return []  # the connection will fail on its own, and say why
-
-
-async def _aresolve(url: httpx.URL) -> list[Address]:
-    try:
-        loop = asyncio.get_running_loop()
-        return _addresses(await loop.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM))
-    except (OSError, UnicodeError):
-        return []
-
-
-def _addresses(found: list[tuple[Any, ...]]) -> list[Address]:
     return [address for *_, sockaddr in found if (address := ip_address(str(sockaddr[0])))]
 
 
@@ -637,7 +509,7 @@ def _as_our_errors(what: str) -> Iterator[None]:
         yield
     except httpx.HTTPError as error:
         raise transport_error(error, what) from error
-    except _LinkRefused as refused:
+    except LinkRefused as refused:
         raise InvalidResponseError(f"{what} was redirected off the API: {refused}") from None
 
 
@@ -650,10 +522,6 @@ def _submission_error(error: OctopusXError) -> OctopusXError:
         "again; look for it among your recent videos before submitting once more.",
         request_sent=True,
     )
-
-
-def _video_path(video_id: str) -> str:
-    return f"/v1/videos/{quote(video_id, safe='')}"
 
 
 def _too_many_redirects(request: httpx.Request) -> InvalidResponseError:

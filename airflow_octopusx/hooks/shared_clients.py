@@ -42,7 +42,7 @@ class QueueingAsyncClient(httpx.AsyncClient):
 
 @dataclass
 class _Entry:
-    opening: asyncio.Future[Opened]
+    client_future: asyncio.Future[Opened]
     users: int = field(default=0)
     #: Clients that :meth:`SharedAsyncClients.reopen` replaced; closed with the entry, as others may use them.
     replaced: list[httpx.AsyncClient] = field(default_factory=list)
@@ -75,12 +75,12 @@ class SharedAsyncClients:
         entry = self._entries.get(conn_id)
         if entry is None:
             entry = self._entries[conn_id] = _Entry(asyncio.ensure_future(open_client()))
-        elif _failed(entry.opening):  # while others hold the entry: try the lookup again
-            entry.opening = asyncio.ensure_future(open_client())
+        elif _failed(entry.client_future):  # while others hold the entry: try the lookup again
+            entry.client_future = asyncio.ensure_future(open_client())
         entry.users += 1
         try:
-            # Shielded: one caller being cancelled must not cancel the opening the others wait on.
-            return await asyncio.shield(entry.opening)
+            # Shielded: one caller being cancelled must not cancel the opening that the others wait on.
+            return await asyncio.shield(entry.client_future)
         except BaseException:
             await self.release(conn_id)
             raise
@@ -93,13 +93,13 @@ class SharedAsyncClients:
         The refused client stays open until the last user leaves, as other waits may be sending on it.
         """
         entry = self._entries[conn_id]
-        current = entry.opening
+        current = entry.client_future
         if _failed(current):
-            entry.opening = asyncio.ensure_future(open_client())
+            entry.client_future = asyncio.ensure_future(open_client())
         elif current.done() and current.result()[1] is refused:
             entry.replaced.append(refused)
-            entry.opening = asyncio.ensure_future(open_client())
-        return await asyncio.shield(entry.opening)
+            entry.client_future = asyncio.ensure_future(open_client())
+        return await asyncio.shield(entry.client_future)
 
     async def release(self, conn_id: str) -> None:
         """Leave the connection's client; the last to leave closes it."""
@@ -110,18 +110,18 @@ class SharedAsyncClients:
         del self._entries[conn_id]
         for client in entry.replaced:
             await client.aclose()
-        if not entry.opening.done():
-            entry.opening.cancel()
-        elif not _failed(entry.opening):
-            await entry.opening.result()[1].aclose()
+        if not entry.client_future.done():
+            entry.client_future.cancel()
+        elif not _failed(entry.client_future):
+            await entry.client_future.result()[1].aclose()
 
     def open_clients(self) -> int:
         """Count the clients open now (for tests and measurements)."""
         return len(self._entries)
 
 
-def _failed(opening: asyncio.Future[Opened]) -> bool:
-    return opening.done() and (opening.cancelled() or opening.exception() is not None)
+def _failed(client_future: asyncio.Future[Opened]) -> bool:
+    return client_future.done() and (client_future.cancelled() or client_future.exception() is not None)
 
 
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SharedAsyncClients] = (

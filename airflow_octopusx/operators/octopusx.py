@@ -29,7 +29,8 @@ from airflow_octopusx.exceptions import (
     VideoTimeoutError,
     excerpt,
 )
-from airflow_octopusx.hooks.octopusx import DownloadedVideo, OctopusXHook
+from airflow_octopusx.hooks.download import DownloadedVideo
+from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.models import (
     DEFAULT_MODEL,
     REQUEST_FIELDS,
