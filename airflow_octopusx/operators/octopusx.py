@@ -25,6 +25,7 @@ from airflow_octopusx.exceptions import (
     BadRequestError,
     InvalidVideoRequest,
     NotFoundError,
+    OctopusXError,
     VideoFailedError,
     VideoTimeoutError,
     excerpt,
@@ -240,16 +241,25 @@ class SubmitVideoOperator(BaseOperator):
         """Submit, unless an earlier try of this task instance already did: videos are paid per submission.
 
         The id is kept in Airflow's task state store (3.3+), which, unlike XCom, survives between tries.
-        A retry resumes that video unless it failed or the request has changed since.
+        A retry resumes that video unless it failed or the request has changed since. The request is
+        marked there before its POST leaves, so a try stopped while it was on its way is not sent again.
         """
         store = context.get("task_state_store")
         fingerprint = request.fingerprint()
         if store is not None:
             earlier = store.get(SUBMISSION_STATE_KEY)
             if isinstance(earlier, dict) and earlier.get("request") == fingerprint:
+                if not earlier.get("video_id"):
+                    _forget_submission(context)  # the failure says so; running the task again submits
+                    raise AirflowFailException(
+                        "An earlier try was stopped while this request's submission was on its way: it may "
+                        "have created a billed video, so it was not sent again. Look for it among your "
+                        "recent videos; running this task again submits it anew."
+                    )
                 video = self._resumable(str(earlier["video_id"]))
                 if video is not None:
                     return video
+            store.set(SUBMISSION_STATE_KEY, {"request": fingerprint})
         else:
             self.log.warning(
                 "This Airflow has no task state store (it arrived in 3.3): a retry of this task will submit "
@@ -257,11 +267,15 @@ class SubmitVideoOperator(BaseOperator):
             )
         try:
             video = self.hook.submit_video(request)
-        except BadRequestError as error:
-            raise AirflowFailException(f"OctopusX refused the request: {error}") from error
-        except AmbiguousSubmissionError as error:
-            # Airflow's own retry would submit again and might pay for a second video.
-            raise AirflowFailException(str(error)) from error
+        except OctopusXError as error:
+            # Ended without a video, or (ambiguous) failing the task and saying so: the mark goes.
+            _forget_submission(context)
+            if isinstance(error, BadRequestError):
+                raise AirflowFailException(f"OctopusX refused the request: {error}") from error
+            if isinstance(error, AmbiguousSubmissionError):
+                # Airflow's own retry would submit again and might pay for a second video.
+                raise AirflowFailException(str(error)) from error
+            raise
         if store is not None:
             record: dict[str, Any] = {
                 "video_id": video.id,

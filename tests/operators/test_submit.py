@@ -11,8 +11,13 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, TaskDeferred
 
 from airflow_octopusx.exceptions import QuotaExceededError, ServerError, VideoFailedError, VideoTimeoutError
+from airflow_octopusx.hooks.octopusx import OctopusXHook
 from airflow_octopusx.operators.batch import GenerateVideosOperator
-from airflow_octopusx.operators.octopusx import DownloadVideoOperator, SubmitVideoOperator
+from airflow_octopusx.operators.octopusx import (
+    SUBMISSION_STATE_KEY,
+    DownloadVideoOperator,
+    SubmitVideoOperator,
+)
 from airflow_octopusx.simulator import Fault, Simulator
 from airflow_octopusx.triggers.octopusx import VideoTaskTrigger
 from tests.conftest import AIRFLOW_3_3, BOTH_FLAVOURS, RecordingTaskInstance, load_dags, xcom_values
@@ -239,6 +244,41 @@ class TestResumeOnRetry:
         retry = {**context, "ti": RecordingTaskInstance()}
         assert operator(prompt="Another prompt", deferrable=False, poll_interval=0.05).execute(retry) != first
         assert octopusx_conn.stats.videos_created == 2
+
+    def test_a_try_stopped_while_its_post_was_on_its_way_is_not_sent_again(
+        self, octopusx_conn: Simulator, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        octopusx_conn.configure(generation_seconds=0.3)
+        store = context["task_state_store"]
+        marked_as_the_post_left: list[Any] = []
+        submit = OctopusXHook.submit_video
+
+        def stopped_once_the_api_answered(hook: OctopusXHook, request: Any) -> Any:
+            marked_as_the_post_left.append(store.get(SUBMISSION_STATE_KEY))
+            submit(hook, request)  # the API makes (and bills) the video ...
+            raise KeyboardInterrupt("stopped")  # ... and the try stops before its id is stored
+
+        monkeypatch.setattr(OctopusXHook, "submit_video", stopped_once_the_api_answered)
+        with pytest.raises(KeyboardInterrupt):
+            operator(deferrable=False).execute(context)
+        monkeypatch.setattr(OctopusXHook, "submit_video", submit)
+        [mark] = marked_as_the_post_left
+        assert mark is not None
+        assert "video_id" not in mark
+        with pytest.raises(AirflowFailException, match="may have created a billed video, so it was not sent"):
+            operator(deferrable=False).execute({**context, "ti": RecordingTaskInstance()})
+        assert octopusx_conn.stats.posts == 1
+        # The failure said what running the task again does: it submits anew.
+        operator(deferrable=False, poll_interval=0.05).execute({**context, "ti": RecordingTaskInstance()})
+        assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 2
+
+    def test_a_refused_submission_leaves_no_mark(
+        self, octopusx_conn: Simulator, context: dict[str, Any]
+    ) -> None:
+        octopusx_conn.inject(Fault(route="POST /v1/videos", status=400, times=1))
+        with pytest.raises(AirflowFailException, match="refused the request"):
+            operator(deferrable=False).execute(context)
+        assert context["task_state_store"].values == {}
 
     def test_without_a_state_store_each_try_submits(self, octopusx_conn: Simulator) -> None:
         octopusx_conn.configure(generation_seconds=0)
