@@ -39,19 +39,14 @@ PROGRESS_LOG_STEP: Final = 25
 #: The documented statuses, and the other spellings of them that the gateway and its vendors answer (the
 #: gateway's own task states in upper case, among them): see docs/answers.md. Compared in lower case.
 STATUS_ALIASES: Final = {
-    "queued": "queued",
-    "submitted": "queued",
-    "not_start": "queued",
-    "pending": "queued",
-    "unknown": "queued",
-    "in_progress": "in_progress",
-    "processing": "in_progress",
-    "running": "in_progress",
-    "completed": "completed",
-    "succeeded": "completed",
-    "success": "completed",
-    "failed": "failed",
-    "failure": "failed",
+    alias: status
+    for status, aliases in {
+        "queued": ("queued", "submitted", "not_start", "pending", "unknown"),
+        "in_progress": ("in_progress", "processing", "running"),
+        "completed": ("completed", "succeeded", "success"),
+        "failed": ("failed", "failure"),
+    }.items()
+    for alias in aliases
 }
 # Ends a video as failed under its own name, so the task's error shows it.
 FAILED_STATUSES: Final = frozenset({"failed", "cancelled", "canceled", "error"})
@@ -92,16 +87,13 @@ def _strict_json(name: str, value: _T) -> _T:
     return value
 
 
-def _prompt(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidVideoRequest("prompt", "must be a non-empty string", value)
-    return _strict_json("prompt", value)
+def _text(name: str, allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidVideoRequest(name, allowed, value)
+        return _strict_json(name, value)
 
-
-def _model(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidVideoRequest("model", f"must be a model name such as {DEFAULT_MODEL!r}", value)
-    return _strict_json("model", value)
+    return check
 
 
 def _seconds(value: Any) -> str | None:
@@ -194,8 +186,8 @@ def _extra_body(value: Any) -> dict[str, Any]:
 
 
 _FIELD_CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
-    "prompt": _prompt,
-    "model": _model,
+    "prompt": _text("prompt", "must be a non-empty string"),
+    "model": _text("model", f"must be a model name such as {DEFAULT_MODEL!r}"),
     "seconds": _seconds,
     "aspect_ratio": _one_of("aspect_ratio", ASPECT_RATIOS),
     "resolution": _one_of("resolution", RESOLUTIONS),
@@ -317,15 +309,11 @@ class VideoRequest:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON body the API expects: unset optional fields are left out, not sent as null."""
-        body: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
-        optional = {
-            "seconds": self.seconds,
-            "aspect_ratio": self.aspect_ratio,
-            "resolution": self.resolution,
-            "first_image_url": self.first_image_url,
-            "last_image_url": self.last_image_url,
+        body = {
+            name: value
+            for name in REQUEST_FIELDS
+            if name not in ("images", "extra_body") and (value := getattr(self, name)) is not None
         }
-        body.update({name: value for name, value in optional.items() if value is not None})
         if self.images:
             body["images"] = list(self.images)
         body.update(self.extra_body)
@@ -357,12 +345,9 @@ class VideoRequest:
 
     def describe(self) -> str:
         """A one-line summary for task logs, without image payloads."""
-        parts = [f"model={self.model}", f"seconds={self.seconds or 'default'}"]
-        parts += [
-            f"{name}={value}"
-            for name, value in (("resolution", self.resolution), ("aspect_ratio", self.aspect_ratio))
-            if value
-        ]
+        shown: list[tuple[str, str | None]] = [("model", self.model), ("seconds", self.seconds or "default")]
+        shown += [("resolution", self.resolution), ("aspect_ratio", self.aspect_ratio)]
+        parts = [f"{name}={value}" for name, value in shown if value]
         if self.first_image_url:
             parts.append("first/last frame" if self.last_image_url else "first frame")
         if self.images:
@@ -501,15 +486,15 @@ class VideoTask:
         """Completed or failed; any other status, known or not, means the video is still being made."""
         return self.is_completed or self.is_failed
 
+    @property
+    def failure(self) -> VideoError:
+        """Why the video failed: the API's message and code, or its bare status if it gave no message."""
+        return self.error or VideoError(f"the API reported status {self.status!r} without an error message")
+
     def raise_if_failed(self) -> None:
         """Raise ``VideoFailedError`` with the API's own message and code if the video failed."""
-        if not self.is_failed:
-            return
-        if self.error is None:
-            raise VideoFailedError(
-                self.id, f"the API reported status {self.status!r} without an error message"
-            )
-        raise VideoFailedError(self.id, self.error.message, self.error.code)
+        if self.is_failed:
+            raise VideoFailedError(self.id, self.failure.message, self.failure.code)
 
 
 def _first_link(payload: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:

@@ -57,6 +57,7 @@ ASYNC_MAX_CONNECTIONS = 8
 ASYNC_KEEPALIVE_SECONDS = 20.0
 # What a poll at or past its wait's deadline still gets: its last look at the video.
 MIN_POLL_SECONDS = 1.0
+_SUBMISSION = "POST /v1/videos"
 # Redirects followed for one GET (a CDN may redirect once or twice); a submission follows none.
 MAX_REDIRECTS = 5
 
@@ -249,27 +250,24 @@ class OctopusXHook(BaseHook):
 
     def submit_video(self, request: VideoRequest) -> VideoTask:
         """Create a video. Retried only where the API provably did no work, so no video is paid twice."""
+        policy = self.retry_policy.tenacity_arguments(idempotent=False, what=_SUBMISSION)
         with self._naming_connection_on_refused_key():
-            return self._submit_video(request)
+            return Retrying(**policy)(self._submit_once, request)
 
-    def _submit_video(self, request: VideoRequest) -> VideoTask:
-        what = "POST /v1/videos"
-        for attempt in Retrying(**self.retry_policy.tenacity_arguments(idempotent=False, what=what)):
-            with attempt:
-                try:
-                    # Built here, not through _send: a submission never follows a redirect.
-                    body = request.body_parts()
-                    headers = {"Content-Type": "application/json", "Content-Length": str(sum(map(len, body)))}
-                    sent = self.client.build_request("POST", "/v1/videos", content=body, headers=headers)
-                    with contextlib.closing(self.client.send(sent, stream=True)) as response:
-                        answer = self.read_whole(response)
-                    raise_for_status(answer)
-                    return submitted_video_from(answer)
-                except httpx.HTTPError as error:
-                    raise _submission_error(transport_error(error, what)) from error
-                except InvalidResponseError as error:
-                    raise _submission_error(error) from None
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+    def _submit_once(self, request: VideoRequest) -> VideoTask:
+        try:
+            # Built here, not through _send: a submission never follows a redirect.
+            body = request.body_parts()
+            headers = {"Content-Type": "application/json", "Content-Length": str(sum(map(len, body)))}
+            sent = self.client.build_request("POST", "/v1/videos", content=body, headers=headers)
+            with contextlib.closing(self.client.send(sent, stream=True)) as response:
+                answer = self.read_whole(response)
+            raise_for_status(answer)
+            return submitted_video_from(answer)
+        except httpx.HTTPError as error:
+            raise _submission_error(transport_error(error, _SUBMISSION)) from error
+        except InvalidResponseError as error:
+            raise _submission_error(error) from None
 
     def get_video(self, video_id: str, *, time_left: float | None = None) -> VideoTask:
         """The video's current state; retried on transport errors, unreadable answers, 429 and 5xx.
@@ -291,10 +289,7 @@ class OctopusXHook(BaseHook):
     def _get_video(self, video_id: str, give_up: float | None = None) -> VideoTask:
         path = video_path(video_id)
         policy = self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}", give_up=give_up)
-        for attempt in Retrying(**policy):
-            with attempt:
-                return video_from(self._exchange("GET", path, give_up), video_id)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+        return Retrying(**policy)(lambda: video_from(self._exchange("GET", path, give_up), video_id))
 
     async def aget_video(self, video_id: str, *, time_left: float | None = None) -> VideoTask:
         """Async ``get_video``, for the triggerer; call inside ``async with hook:``.
@@ -317,10 +312,11 @@ class OctopusXHook(BaseHook):
             raise RuntimeError("aget_video needs the async client: use it inside `async with hook:`")
         path = video_path(video_id)
         policy = self.retry_policy.tenacity_arguments(idempotent=True, what=f"GET {path}", give_up=give_up)
-        async for attempt in AsyncRetrying(**policy):
-            with attempt:
-                return video_from(await self._aexchange(client, "GET", path, give_up), video_id)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+        async def poll_once() -> VideoTask:
+            return video_from(await self._aexchange(client, "GET", path, give_up), video_id)
+
+        return await AsyncRetrying(**policy)(poll_once)
 
     @contextlib.contextmanager
     def _naming_connection_on_refused_key(self) -> Iterator[None]:

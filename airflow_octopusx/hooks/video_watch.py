@@ -131,9 +131,7 @@ class BatchWatch:
         if video.is_completed:
             self.outcomes[video.id] = {"status": "completed"}
         elif video.is_failed:
-            reason = video.error
-            message = reason.message if reason else f"the API reported status {video.status!r}"
-            self.outcomes[video.id] = _failed(reason.code if reason else None, message)
+            self.outcomes[video.id] = _failed(video.failure.code, video.failure.message)
 
     def poll_failed(self, video_id: str, error: OctopusXError) -> None:
         """Decide what a failed poll means: that video's end, nothing yet, or (a 401) the wait's end."""

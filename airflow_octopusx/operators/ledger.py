@@ -10,10 +10,10 @@ operator reports. Records live in pages of ``PAGE_SIZE`` under one key each, wri
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_octopusx.exceptions import (
@@ -49,7 +49,7 @@ class Status(str, enum.Enum):
     REFUSED = "refused"  # refused before anything was made; with ``resend`` a retry sends it
 
 
-@dataclass
+@dataclasses.dataclass
 class Record:
     """One request's entry: the fingerprint it was made for, where it stands, and what it cost."""
 
@@ -57,19 +57,14 @@ class Record:
     status: Status
     video_id: str | None = None
     error: dict[str, str | None] | None = None
-    billing: dict[str, Any] = field(default_factory=dict)
+    billing: dict[str, Any] = dataclasses.field(default_factory=dict)
     resend: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored in the task state store."""
-        kept = {
-            "request": self.request,
-            "status": self.status.value,
-            "video_id": self.video_id,
-            "error": self.error,
-        }
-        optional = {"billing": self.billing, "resend": self.resend}
-        return kept | {name: value for name, value in optional.items() if value}
+        entry = dataclasses.asdict(self) | {"status": self.status.value}
+        # billing and resend only where they say something: a page of records stays small.
+        return {name: value for name, value in entry.items() if value or name not in ("billing", "resend")}
 
     @classmethod
     def from_json(cls, value: Any) -> Record | None:
@@ -195,23 +190,15 @@ class Ledger:
         self._in_flight.discard(index)
         try:
             video = outcome.result()
-        except BadRequestError as error:
-            self._set(index, Record(fingerprint, Status.REFUSED, error=recorded_error(error.code, error)))
-        except AccountError as error:
-            # Refused before any video was made (a key, a quota): a retry, once that is fixed, sends it.
-            refused = Record(
-                fingerprint, Status.REFUSED, error=recorded_error(error.code, error), resend=True
-            )
-            self._set(index, refused)
         except OctopusXError as error:
-            if RetryPolicy().is_retryable(error, idempotent=False):
-                # Provably never reached the API (no connection, 429): a retry may send it.
-                code = getattr(error, "code", None)
-                self._set(
-                    index, Record(fingerprint, Status.REFUSED, error=recorded_error(code, error), resend=True)
-                )
-            else:
+            # Refused before any video was made: for good (400, 422), or until the account is fixed (a
+            # key, a quota), or provably never reaching the API (no connection, a 429): a retry sends those.
+            resend = isinstance(error, AccountError) or RetryPolicy().is_retryable(error, idempotent=False)
+            if not (resend or isinstance(error, BadRequestError)):
                 self._ambiguous(index, error)
+                return
+            refused = recorded_error(getattr(error, "code", None), error)
+            self._set(index, Record(fingerprint, Status.REFUSED, error=refused, resend=resend))
         except Exception as error:
             self._ambiguous(index, error)
         else:

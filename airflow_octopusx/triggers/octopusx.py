@@ -129,9 +129,7 @@ class VideoTaskTrigger(PollingTrigger):
             if video is not None and video.is_completed:
                 return self._event("success", "completed", video)
             if video is not None:
-                reason = video.error
-                message = reason.message if reason else f"status {video.status}"
-                return self._event("failed", message, video, code=reason.code if reason else None)
+                return self._event("failed", video.failure.message, video, code=video.failure.code)
             remaining = self._remaining()
             if remaining <= 0:
                 return self._event("timeout", "deadline passed", watch.last)
