@@ -62,9 +62,8 @@ class GenerateVideosOperator(BaseOperator):
     (``exceptions.TRANSIENT_VIDEO_FAILURES``), or any with ``resubmit_failed``, are submitted anew by a
     retry: a new, billed video.
 
-    :param requests: a list of dicts with ``SubmitVideoOperator``'s request fields (``prompt``,
-        ``seconds``, ``aspect_ratio``, ``resolution``, ``first_image_url``, ``last_image_url``, ``images``,
-        ``model``, ``extra_body``). Templated; an ``XComArg`` works.
+    :param requests: a list of dicts of request fields, as ``SubmitVideoOperator`` takes them
+        (``models.REQUEST_FIELDS``: ``prompt``, ``seconds``, ``images`` ...). Templated; an ``XComArg`` works.
     :param defaults: fields used where a request leaves them out.
     :param destination: the folder (path, URI or ``ObjectStoragePath``) the videos are stored in, as
         ``<video_id>.mp4``.

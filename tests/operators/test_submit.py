@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperat
 
 from airflow_octopusx.exceptions import QuotaExceededError, ServerError, VideoFailedError, VideoTimeoutError
 from airflow_octopusx.hooks.octopusx import OctopusXHook
+from airflow_octopusx.models import REQUEST_FIELDS
 from airflow_octopusx.operators.batch import GenerateVideosOperator
 from airflow_octopusx.operators.octopusx import (
     SUBMISSION_STATE_KEY,
@@ -61,6 +63,12 @@ class TestParseTimeValidation:
         )
         [error] = load_dags(tmp_path).import_errors.values()
         assert "SubmitVideoOperator 'clip': images: takes at most 5 images, got 6" in error
+
+
+def test_every_request_field_is_an_argument_and_a_template_field() -> None:
+    # A field added to VideoRequest is validated and sent; the operator must also take it by name.
+    assert set(REQUEST_FIELDS) <= set(inspect.signature(SubmitVideoOperator.__init__).parameters)
+    assert set(REQUEST_FIELDS) <= set(SubmitVideoOperator.template_fields)
 
 
 class TestExecute:
