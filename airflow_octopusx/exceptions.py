@@ -57,13 +57,8 @@ class APIError(OctopusXError):
         self.retry_after = retry_after
         # The gateway's word that it refunded and created no video (a refusal after trying every vendor).
         self.nothing_created = nothing_created
-        details = [f"HTTP {status_code}"]
-        if code:
-            details.append(f"code={code}")
-        if video_id:
-            details.append(f"video_id={video_id}")
-        if request_id:
-            details.append(f"request_id={request_id}")
+        named = {"code": code, "video_id": video_id, "request_id": request_id}
+        details = [f"HTTP {status_code}", *(f"{name}={value}" for name, value in named.items() if value)]
         super().__init__(f"{message} ({', '.join(details)})")
 
 

@@ -204,10 +204,8 @@ class SubmitVideoOperator(BaseOperator):
         with self.hook:
             try:
                 return self._submit_and_wait(context, request)
-            except VideoFailedError as error:
+            except (VideoFailedError, VideoTimeoutError) as error:
                 raise self._failure(error) from error
-            except VideoTimeoutError as error:
-                raise error.with_next_step(RESUMED_BY_RUNNING_AGAIN) from error
 
     def _submit_and_wait(self, context: Context, request: VideoRequest) -> str:
         video = self._submit_or_resume(context, request)
@@ -315,25 +313,26 @@ class SubmitVideoOperator(BaseOperator):
             }
         try:
             video_id = video_id_from_event(event)
-        except VideoFailedError as error:
+        except (VideoFailedError, VideoTimeoutError) as error:
             raise self._failure(error) from error
-        except VideoTimeoutError as error:
-            raise error.with_next_step(RESUMED_BY_RUNNING_AGAIN) from error
         # The event carries no link (it is stored in the metadata DB); one look-up fetches a fresh one.
         with self.hook:
             return self._completed(context, self.hook.get_video(video_id))
 
-    def _failure(self, error: VideoFailedError) -> Exception:
-        """What a failed video does to the task: a retry submits again, so only where that may help."""
+    def _failure(self, error: VideoFailedError | VideoTimeoutError) -> Exception:
+        """What a failed video does to the task: a retry submits again, so only where that may help.
+        A timeout says that running the task again resumes the video."""
+        if isinstance(error, VideoTimeoutError):
+            return error.with_next_step(RESUMED_BY_RUNNING_AGAIN)
+        reason = f"code {error.code!r}" if error.code else "no error code"
         if self.resubmit_failed or error.is_transient:
             self.log.warning(
                 "Video %s failed with %s, which may not happen again: a retry of this task submits the "
                 "request anew (a new, billed video).",
                 error.video_id,
-                f"code {error.code!r}" if error.code else "no error code",
+                reason,
             )
             return error
-        reason = f"code {error.code!r}" if error.code else "no error code"
         return AirflowFailException(
             f"{error}. Not retried: OctopusX failed the video with {reason}, which says nothing of a "
             "passing fault, so the same request would most likely fail again, and every submission is "
