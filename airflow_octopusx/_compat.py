@@ -1,8 +1,10 @@
-"""What differs between the Airflow versions the provider supports (3.1.1 to 3.3), in one place."""
+"""What differs between the Airflow versions (3.1.1 to 3.3) and settings the provider supports."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from airflow.providers.common.compat.sdk import conf
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -34,3 +36,10 @@ def hook_lineage_is_read() -> bool:
     except ImportError:
         return True
     return bool(get_hook_lineage_readers_plugins())
+
+
+def airflow_clears_state_on_success() -> bool:
+    """Whether Airflow deletes a task's state store in the call that records its success (3.3's
+    ``[state_store] clear_on_success``): then a task leaves its records for Airflow to delete, so that a
+    success report lost on its way finds them, and the retry pays for nothing."""
+    return bool(conf.getboolean("state_store", "clear_on_success", fallback=False))

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
+from airflow_octopusx._compat import airflow_clears_state_on_success
 from airflow_octopusx.exceptions import (
     TRANSIENT_VIDEO_FAILURES,
     AccountError,
@@ -335,8 +336,9 @@ class Ledger:
         return [record for record in self.orphans if record.status is not Status.STORED]
 
     def forget_all(self) -> None:
-        """The task succeeded: clearing it later makes a new batch, as with ``SubmitVideoOperator``."""
-        if self._store is not None:
+        """The task succeeds: clearing it later makes a new batch, as with ``SubmitVideoOperator`` (where
+        Airflow deletes the records as it records the success, they are left to it)."""
+        if self._store is not None and not airflow_clears_state_on_success():
             for page in range(max(self._pages_read, _page_count(len(self._entries())))):
                 self._store.delete(f"{PAGE_KEY}{page}")
 

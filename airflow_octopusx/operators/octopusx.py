@@ -19,7 +19,12 @@ from airflow.providers.common.compat.sdk import (
     get_hook_lineage_collector,
 )
 
-from airflow_octopusx._compat import DEFAULT_MAP_INDEX_TEMPLATE, hook_lineage_is_read, label_if_mapped
+from airflow_octopusx._compat import (
+    DEFAULT_MAP_INDEX_TEMPLATE,
+    airflow_clears_state_on_success,
+    hook_lineage_is_read,
+    label_if_mapped,
+)
 from airflow_octopusx.exceptions import (
     AmbiguousSubmissionError,
     BadRequestError,
@@ -212,7 +217,7 @@ class SubmitVideoOperator(BaseOperator):
         self._video_id = video.id
         context["ti"].xcom_push(key="video_id", value=video.id)
         if not self.wait_for_completion:
-            _forget_submission(context)
+            _forget_submission(context, succeeding=True)
             return video.id
 
         deadline = time.time() + self.timeout
@@ -353,7 +358,7 @@ class SubmitVideoOperator(BaseOperator):
         billing = {**_recorded_billing(context), **video.billing}
         if billing:
             context["ti"].xcom_push(key=BILLING_XCOM_KEY, value=billing)
-        _forget_submission(context)
+        _forget_submission(context, succeeding=True)
         return video.id
 
     def on_kill(self) -> None:
@@ -384,10 +389,11 @@ def _recorded_billing(context: Context) -> dict[str, Any]:
     return billing if isinstance(billing, dict) else {}
 
 
-def _forget_submission(context: Context) -> None:
-    """The task succeeded: clearing it later must make a new video, not resume this one."""
+def _forget_submission(context: Context, *, succeeding: bool = False) -> None:
+    """Delete the submission record: the task is succeeding (clearing it later must make a new video, not
+    resume this one, unless Airflow deletes it as it records the success), or failing without a video."""
     store = context.get("task_state_store")
-    if store is not None:
+    if store is not None and not (succeeding and airflow_clears_state_on_success()):
         store.delete(SUBMISSION_STATE_KEY)
 
 

@@ -289,6 +289,19 @@ def test_an_input_file_rewritten_after_its_request_left_is_never_read_again(
     assert api.posts == ["a fox"]
 
 
+def test_where_airflow_deletes_state_on_success_a_lost_success_report_pays_for_nothing(
+    api: FakeVideoApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__STATE_STORE__CLEAR_ON_SUCCESS", "True")
+    store = MemoryTaskStateStore()
+    run(["a fox", "a kite"], tmp_path, store)
+    assert store.values  # left for Airflow to delete as it records the success
+    # The success report was lost: Airflow runs the task again.
+    results = run(["a fox", "a kite"], tmp_path, store)
+    assert [result["status"] for result in results] == ["stored", "stored"]
+    assert sorted(api.posts) == ["a fox", "a kite"]
+
+
 def test_a_status_that_cannot_be_read_for_a_while_never_fails_the_video(
     api: FakeVideoApi, tmp_path: Path
 ) -> None:

@@ -288,6 +288,17 @@ class TestResumeOnRetry:
             operator(deferrable=False).execute(context)
         assert context["task_state_store"].values == {}
 
+    def test_where_airflow_deletes_state_on_success_a_lost_success_report_pays_for_nothing(
+        self, octopusx_conn: Simulator, context: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("AIRFLOW__STATE_STORE__CLEAR_ON_SUCCESS", "True")
+        octopusx_conn.configure(generation_seconds=0)
+        first = operator(deferrable=False).execute(context)
+        # Left for Airflow to delete as it records the success; that report was lost, so it runs again.
+        assert context["task_state_store"].get(SUBMISSION_STATE_KEY)["video_id"] == first
+        assert operator(deferrable=False).execute({**context, "ti": RecordingTaskInstance()}) == first
+        assert octopusx_conn.stats.posts == 1
+
     def test_without_a_state_store_each_try_submits(self, octopusx_conn: Simulator) -> None:
         octopusx_conn.configure(generation_seconds=0)
         for _ in range(2):
@@ -322,6 +333,32 @@ class TestDagRuns:
         assert run.state == "success"
         assert run.get_task_instance("submit").try_number == 2
         assert octopusx_conn.stats.posts == octopusx_conn.stats.videos_created == 1
+
+    @pytest.mark.skipif(not AIRFLOW_3_3, reason="the task state store arrived in Airflow 3.3")
+    def test_where_airflow_deletes_state_on_success_it_does(
+        self, octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from airflow._shared.state import TaskScope
+        from airflow.state.metastore import MetastoreBackend
+
+        from tests.dags.submit_scenarios import in_worker
+
+        monkeypatch.setenv("AIRFLOW__STATE_STORE__CLEAR_ON_SUCCESS", "True")
+        octopusx_conn.configure(generation_seconds=0.2)
+        left_by_the_task: list[Any] = []
+        original = SubmitVideoOperator._completed
+
+        def completed(task: SubmitVideoOperator, context: Any, video: Any) -> str:
+            video_id = original(task, context, video)
+            left_by_the_task.append(context["task_state_store"].get(SUBMISSION_STATE_KEY))
+            return video_id
+
+        monkeypatch.setattr(SubmitVideoOperator, "_completed", completed)
+        run = in_worker.test()
+        assert run.state == "success"
+        assert [record["video_id"] for record in left_by_the_task] == [*xcom_values(run, "video_id").values()]
+        scope = TaskScope(dag_id=run.dag_id, run_id=run.run_id, task_id="submit")
+        assert MetastoreBackend().get(scope, SUBMISSION_STATE_KEY) is None  # Airflow deleted it
 
     @BOTH_FLAVOURS
     def test_ended_from_the_trigger_the_return_value_is_the_video_id(self, octopusx_conn: Simulator) -> None:
