@@ -57,6 +57,7 @@ ASYNC_MAX_CONNECTIONS = 8
 ASYNC_KEEPALIVE_SECONDS = 20.0
 # What a poll at or past its wait's deadline still gets: its last look at the video.
 MIN_POLL_SECONDS = 1.0
+# How logs and errors name a submission.
 _SUBMISSION = "POST /v1/videos"
 # Redirects followed for one GET (a CDN may redirect once or twice); a submission follows none.
 MAX_REDIRECTS = 5
