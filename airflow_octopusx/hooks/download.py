@@ -171,7 +171,7 @@ class BackgroundWriter:
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._batches: queue.Queue[list[bytes] | None] = queue.Queue(_QUEUED_BATCHES)
-        self._error: BaseException | None = None
+        self._write_error: BaseException | None = None
         self._thread = threading.Thread(
             target=self._write_batches, name="octopusx-download-writer", daemon=True
         )
@@ -183,11 +183,11 @@ class BackgroundWriter:
             try:
                 if batch is None:
                     return
-                if self._error is None:
+                if self._write_error is None:
                     # One write per batch: one GIL hand-off and one system call per MiB, not per chunk.
                     self.file.write(b"".join(batch))
             except BaseException as error:  # handed to the downloading thread
-                self._error = error
+                self._write_error = error
             finally:
                 self._batches.task_done()
 
@@ -218,8 +218,8 @@ class BackgroundWriter:
             self._batch, self._batch_bytes = [], 0
 
     def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
+        if self._write_error is not None:
+            raise self._write_error
 
 
 class Mp4Sink:
