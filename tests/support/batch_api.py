@@ -1,6 +1,7 @@
 """A scriptable OctopusX API on the hostile test server, for the batch's ledger tests.
 
-It makes one video per POST (or, when told, answers with an id it already handed out), and each video's
+It makes one video per POST (or, when told, answers with an id it already handed out, or makes the video
+and answers with a body that cannot be read, as a proxy that lost the answer would), and each video's
 status answer can be told to fail a few times (a blip), to answer a 4xx for that video alone, or to
 describe another video. Every id it hands out and every POST it sees is kept, so a test can check that
 nothing was paid twice and that every paid video ended stored or reported.
@@ -34,6 +35,7 @@ class FakeVideoApi:
     blips_next: int = 0
     refusal_next: int | None = None
     foreign_next: bool = False
+    lost_answer_next: bool = False
     #: ids to hand out next, in order, instead of made-up ones
     ids_next: list[str] = field(default_factory=list)
     _blips: dict[str, int] = field(default_factory=dict)
@@ -64,6 +66,9 @@ class FakeVideoApi:
                 if self.foreign_next:
                     self._foreign.add(video_id)
                     self.foreign_next = False
+            if self.lost_answer_next:
+                self.lost_answer_next = False
+                return Answer.json('{"id": "' + video_id[:3])  # the video is made; its answer is cut
         return Answer.json(json.dumps({"id": video_id, "status": "queued", "progress": 0}))
 
     def _status(self, request: Request) -> Answer:
