@@ -104,6 +104,33 @@ def connection_uri(simulator: Simulator, api_key: str | None = None) -> str:
 
 
 @pytest.fixture
+def finished_once_seen_rendering(octopusx_conn: Simulator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each video renders until a wait's status check has seen it rendering, whenever that is; then it
+    finishes. "The wait really waited" hangs on that event, not on how fast the machine is. Returns the
+    ids seen rendering."""
+    from airflow_octopusx.hooks.octopusx import OctopusXHook
+    from airflow_octopusx.models import VideoTask
+
+    octopusx_conn.configure(generation_seconds=3600)
+    seen: list[str] = []
+
+    def finished_once_seen(poll: Any) -> Any:
+        if isinstance(poll, VideoTask) and not poll.is_finished:
+            seen.append(poll.id)
+            octopusx_conn.finish_videos(poll.id)
+        return poll
+
+    poll, apoll = OctopusXHook.poll, OctopusXHook.apoll
+
+    async def apoll_seen(hook: OctopusXHook, *args: Any) -> Any:
+        return finished_once_seen(await apoll(hook, *args))
+
+    monkeypatch.setattr(OctopusXHook, "poll", lambda hook, *args: finished_once_seen(poll(hook, *args)))
+    monkeypatch.setattr(OctopusXHook, "apoll", apoll_seen)
+    return seen
+
+
+@pytest.fixture
 def context() -> dict[str, Any]:
     """The parts of a task's context the operators use, as Airflow 3.3 provides them."""
     from airflow.sdk.execution_time.context import OutletEventAccessors

@@ -229,6 +229,11 @@ class Simulator:
         """Make the next ``n`` submitted videos end ``failed`` with this error."""
         self._state.fail_next(n, code, message)
 
+    def finish_videos(self, *video_ids: str) -> None:
+        """End the rendering of these videos (every video made so far if none are named), now, so that a
+        test moves on an event of its own (a wait seen polling) rather than on a clock."""
+        self._state.finish_videos(video_ids)
+
     def inject(self, *faults: Fault) -> None:
         """Arm faults; each fires on the next ``fault.times`` requests to its route."""
         for fault in faults:

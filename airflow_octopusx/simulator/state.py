@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -469,6 +469,14 @@ class SimulatorState:
             self._videos[video.id] = video
             self._counters.videos_created += 1
             return video
+
+    def finish_videos(self, video_ids: Collection[str]) -> None:
+        """End the rendering of these videos (all made so far if none are named), now: completed, or
+        failed as they were to fail."""
+        with self._lock:
+            for video_id, video in self._videos.items():
+                if not video_ids or video_id in video_ids:
+                    self._videos[video_id] = dataclasses.replace(video, generation_seconds=0)
 
     def get_video(self, video_id: str) -> Video | None:
         with self._lock:

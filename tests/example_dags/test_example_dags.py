@@ -92,11 +92,9 @@ def test_example_runs_defers_and_stores_playable_mp4s(
     output_dir: Path,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
+    finished_once_seen_rendering: list[str],
 ) -> None:
-    # Long enough that every wait really defers, short of the examples' 5 s poll interval. The sensor
-    # starts only once its submit task has ended, which took longer than 2.5 s on a loaded machine.
-    sensed = dag_id == "example_octopusx_submit_then_sense"
-    octopusx_conn.configure(generation_seconds=10 if sensed else 2.5)
+    # Every wait really defers: each video renders until a wait has seen it rendering.
     videos, deferring_tasks = EXPECTED[dag_id]
 
     run = dagbag.get_dag(dag_id).test()

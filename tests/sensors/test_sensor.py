@@ -75,15 +75,15 @@ def test_poke_is_false_while_rendering_then_true_with_the_id(
 
 
 def test_poke_mode_execute_waits_and_returns_the_id(
-    octopusx_conn: Simulator, context: dict[str, Any]
+    octopusx_conn: Simulator, context: dict[str, Any], finished_once_seen_rendering: list[str]
 ) -> None:
-    video = submit(octopusx_conn, generation_seconds=0.4)
+    video = submit(octopusx_conn, generation_seconds=3600)
     started = time.monotonic()
 
     assert sensor(video.id).execute(context) == video.id
 
     assert time.monotonic() - started < 10  # a generous bound: only a hang should trip it
-    assert octopusx_conn.stats.gets >= 2  # it really had to poke more than once
+    assert finished_once_seen_rendering == [video.id]  # it really had to poke more than once
 
 
 @BOTH_FLAVOURS
@@ -357,13 +357,12 @@ def test_execute_complete_refuses_garbage_events(event: Any, context: dict[str, 
 @pytest.mark.usefixtures("airflow_db")
 @pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
 def test_dag_submit_then_sense(
-    deferrable: bool, octopusx_conn: Simulator, caplog: pytest.LogCaptureFixture
+    deferrable: bool,
+    octopusx_conn: Simulator,
+    caplog: pytest.LogCaptureFixture,
+    finished_once_seen_rendering: list[str],
 ) -> None:
     from tests.dags.sensor_submit_then_sense import deferrable_dag, poke_dag
-
-    # Long enough that the sensor, which starts after the submit task's own start-up (seconds on a busy
-    # machine or an older Airflow), still finds the video rendering.
-    octopusx_conn.configure(generation_seconds=4.0)
 
     run = (deferrable_dag if deferrable else poke_dag).test()
 
@@ -373,6 +372,6 @@ def test_dag_submit_then_sense(
     assert returned == {"submit_video": submitted, "wait_for_video": submitted}
     stats = octopusx_conn.stats
     assert stats.posts == stats.videos_created == 1
-    assert stats.gets >= 2  # the sensor found the video still rendering at least once
+    assert finished_once_seen_rendering == [submitted]  # the sensor saw it rendering, then finished
     deferred = [r for r in caplog.records if "running trigger in line" in r.getMessage()]
     assert len(deferred) == (1 if deferrable else 0)

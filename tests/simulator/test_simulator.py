@@ -374,6 +374,20 @@ def test_fail_next_ends_videos_failed(octopusx_simulator: Simulator, client: htt
     assert error_of(response)["code"] == "video_not_ready"
 
 
+def test_finish_videos_ends_every_rendering_now(octopusx_simulator: Simulator, client: httpx.Client) -> None:
+    octopusx_simulator.configure(generation_seconds=3600)
+    octopusx_simulator.fail_next(1)
+    failing, healthy, named = create(client)["id"], create(client)["id"], create(client)["id"]
+    octopusx_simulator.finish_videos(named)
+    assert client.get(f"/v1/videos/{named}").json()["status"] == "completed"
+    assert client.get(f"/v1/videos/{healthy}").json()["status"] in ("queued", "in_progress")
+    octopusx_simulator.finish_videos()
+    assert client.get(f"/v1/videos/{failing}").json()["status"] == "failed"
+    assert client.get(f"/v1/videos/{healthy}").json()["status"] == "completed"
+    later = create(client)["id"]  # made after it: renders as configured
+    assert client.get(f"/v1/videos/{later}").json()["status"] in ("queued", "in_progress")
+
+
 @pytest.mark.parametrize(
     ("marker", "code"),
     [("[simulate-failure]", "content_policy_violation"), ("[simulate-failure:server_error]", "server_error")],
