@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import email.utils
 import io
-import os
 import re
 import resource
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -81,29 +79,45 @@ def decode_frames(data: bytes) -> list[av.VideoFrame]:
 # -- lifecycle of the server itself ---------------------------------------------------------------
 
 
-def _open_fds() -> int:
+# Run in a fresh interpreter: threads and sockets that earlier tests in this worker left behind
+# (Airflow's supervisor threads after dag.test(), say) end on their own schedule and would make the
+# before/after comparison depend on timing.
+_LEAK_CHECK = """
+import os, socket, threading
+from urllib.parse import urlsplit
+import httpx
+from airflow_octopusx.simulator import Simulator
+
+def open_fds():
     return len(os.listdir("/proc/self/fd"))
+
+with Simulator():
+    pass  # warm-up: the event loop library allocates a process-wide wake-up pipe once
+threads_before, fds_before = set(threading.enumerate()), open_fds()
+with Simulator() as sim:
+    api, cdn = urlsplit(sim.api_url), urlsplit(sim.cdn_url)
+    assert api.hostname == cdn.hostname == "127.0.0.1", (api, cdn)
+    assert api.port != cdn.port, (api, cdn)
+    assert httpx.get(f"{sim.api_url}/_simulator/health").json() == {"status": "ok"}
+    with httpx.Client() as keep_alive:  # an idle keep-alive connection must not block stop()
+        keep_alive.get(f"{sim.cdn_url}/videos/nope.mp4")
+        sim.stop()
+assert not sim.running
+assert set(threading.enumerate()) == threads_before, set(threading.enumerate()) ^ threads_before
+assert open_fds() == fds_before, (open_fds(), fds_before)
+for port in (api.port, cdn.port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        continue
+    raise AssertionError(f"port {port} still accepts connections")
+print("no leaks")
+"""
 
 
 def test_starts_and_stops_without_leaking_threads_or_sockets() -> None:
-    with Simulator():
-        pass  # warm-up: the event loop library allocates a process-wide wake-up pipe once
-    threads_before = set(threading.enumerate())
-    fds_before = _open_fds()
-    with Simulator() as sim:
-        api, cdn = urlsplit(sim.api_url), urlsplit(sim.cdn_url)
-        assert api.hostname == cdn.hostname == "127.0.0.1"
-        assert api.port != cdn.port
-        assert httpx.get(f"{sim.api_url}/_simulator/health").json() == {"status": "ok"}
-        with httpx.Client() as keep_alive:  # an idle keep-alive connection must not block stop()
-            keep_alive.get(f"{sim.cdn_url}/videos/nope.mp4")
-            sim.stop()
-    assert not sim.running
-    assert set(threading.enumerate()) == threads_before
-    assert _open_fds() == fds_before
-    for port in (api.port, cdn.port):
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port or 0), timeout=1).close()
+    result = subprocess.run([sys.executable, "-c", _LEAK_CHECK], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (0, "no leaks\n"), result.stderr
 
 
 def test_plugin_fixture_gives_fresh_state(octopusx_simulator: Simulator) -> None:
