@@ -36,9 +36,9 @@ CI_SOAK = SoakConfig(
     generation_seconds=1.0,
     poll_interval=0.25,
     video_size_bytes=2304 * 1024,  # over 2 MiB, so a transfer cut in half can resume with Range
-    # A client gives up after 5 s, and a "delay" fault holds its answer for 6 s: the fault loses the
-    # answer whatever the machine's speed, and only a stall of over 5 s, not a busy machine, could lose
-    # another (with 1 s, 7 of 40 POST answers came late under load and left videos behind).
+    # A client gives up after 5 s and a "delay" fault holds its answer 6 s, so the fault loses the answer
+    # with a second to spare (were it answered, the video would simply be stored). Only a stall of over
+    # 5 s could lose another; with 1 s, 7 of 40 POST answers came late on a loaded machine.
     client_timeout=5.0,
     slow_seconds=6.0,
 )
